@@ -1,0 +1,43 @@
+# npair — the two commands a newcomer needs are `make reproduce-table` and `make test`.
+# Both create .venv and install everything on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The torch build this project is tested with; override e.g. TORCH_SPEC="torch torchvision".
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+TABLE ?= mini
+DATASET ?=
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all reproduce-table data bench clean-outputs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# pytest exits 5 when it collects nothing: treat that as a failure with a clear message.
+test: install
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5) - failing"; exit 1; fi; exit $$rc
+
+test-all: install
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+reproduce-table: install
+	$(BIN)/python -m npair.tables TABLE=$(TABLE)
+
+data: install
+	@if [ -z "$(DATASET)" ]; then echo "usage: make data DATASET=<name>  (see README: Datasets)"; exit 2; fi
+	$(BIN)/python -m npair.data.download $(DATASET) --root data
+
+bench: install
+	$(BIN)/python scripts/bench_losses.py
+	$(BIN)/python scripts/bench_evaluator.py
+	$(BIN)/python scripts/bench_data.py

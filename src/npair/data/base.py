@@ -1,0 +1,65 @@
+"""The data interface every dataset module returns.
+
+A dataset builder (the ``dataset.build`` config node) returns :class:`DatasetSplits`.
+Each split is a :class:`torch.utils.data.Dataset` yielding ``(image, label)`` with a
+``labels`` array so samplers can work without touching images.
+
+Label conventions:
+
+* ``protocol="unseen"`` (Table 2 style): train and test classes are disjoint; each
+  split's labels are contiguous ``0..C-1`` on their own; evaluation happens within
+  the test split (Recall@K, NMI, F1).
+* ``protocol="seen"`` (Table 1 style): test classes are the training classes and share
+  their label ids; kNN recognition uses the training split as the reference set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from torch import Tensor
+
+
+@runtime_checkable
+class LabelledDataset(Protocol):
+    """A map-style dataset with an integer label per item, known without decoding images."""
+
+    labels: np.ndarray  # int64, shape (n,)
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]: ...
+
+
+@dataclass
+class DatasetSplits:
+    """Training and test splits of one dataset, plus protocol-specific extras.
+
+    ``extras`` carries protocol data such as LFW's 10-fold pairs; it is empty for
+    plain classification/retrieval datasets.
+    """
+
+    name: str
+    train: LabelledDataset
+    test: LabelledDataset
+    protocol: Literal["seen", "unseen"] = "unseen"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            labels = np.asarray(getattr(self, split).labels)
+            if labels.ndim != 1 or len(labels) != len(getattr(self, split)):
+                raise ValueError(
+                    f"dataset {self.name!r}: {split} split has {len(getattr(self, split))} items "
+                    f"but a labels array of shape {labels.shape}"
+                )
+
+    @property
+    def num_train_classes(self) -> int:
+        return int(np.unique(self.train.labels).size)
+
+    @property
+    def num_test_classes(self) -> int:
+        return int(np.unique(self.test.labels).size)

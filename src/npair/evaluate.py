@@ -1,0 +1,249 @@
+"""Evaluate saved embeddings or a trained run: ``python -m npair.evaluate``.
+
+Saved embeddings (``.npy``, ``.pt`` tensor, or one ``.npz``/``.pt`` dict holding
+``embeddings``, ``labels`` and optionally ``logits``)::
+
+    python -m npair.evaluate --embeddings e.npy --labels l.npy --eval retrieval \\
+        --similarity cosine --out result.json
+
+A run directory (``config.yaml`` + ``checkpoint.pt``, see CONTRACT.md): rebuilds the model
+with ``npair.models.build_model(cfg.backbone, cfg.dataset.embedding_dim)`` and the data
+with ``hydra.utils.instantiate(cfg.dataset.build)``, embeds the test split (and the
+training split when the evaluator needs a reference), and evaluates with the run's
+``eval`` config unless ``--eval`` names another::
+
+    python -m npair.evaluate --run outputs/runs/<experiment>/<seed> --out result.json
+
+``--eval`` is a name in ``configs/eval/`` or a path to a YAML file; ``--set key=value``
+overrides any evaluator argument (e.g. ``--set kmeans_seeds=1 --set ks=[1,10]``).
+Prints a table and writes JSON: ``{"schema": 1, "similarity", "eval", "source",
+"metrics", "meta"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npair.evaluation import EmbeddingSet, Evaluator
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+RESULT_SCHEMA = 1
+
+
+def load_array(path: str | Path, what: str) -> Any:
+    """Load a ``.npy``/``.npz`` (numpy) or ``.pt``/``.pth`` (torch) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file {path}")
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    if path.suffix in (".pt", ".pth"):
+        import torch
+
+        return torch.load(path, map_location="cpu", weights_only=True)
+    raise ValueError(f"{what}: {path} has suffix {path.suffix!r}; use .npy, .npz or .pt")
+
+
+def load_embedding_set(embeddings: str, labels: str | None, logits: str | None, what: str = "test") -> EmbeddingSet:
+    data = load_array(embeddings, f"--{what}-embeddings" if what != "test" else "--embeddings")
+    if isinstance(data, dict):
+        missing = [k for k in ("embeddings", "labels") if k not in data and not (k == "labels" and labels)]
+        if missing:
+            raise ValueError(f"{embeddings}: a dict file needs keys 'embeddings' and 'labels'; missing {missing}")
+        emb, lab, lg = data["embeddings"], data.get("labels"), data.get("logits")
+    else:
+        emb, lab, lg = data, None, None
+    if labels:
+        lab = load_array(labels, "--labels")
+    if logits:
+        lg = load_array(logits, "--logits")
+    if lab is None:
+        raise ValueError(f"no labels for {embeddings}: pass --labels")
+    return EmbeddingSet(emb, lab, lg)
+
+
+def load_eval_config(name_or_path: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = config_dir / "eval" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (config_dir / "eval").glob("*.yaml"))
+        raise FileNotFoundError(f"--eval {name_or_path!r}: no file {path}; available: {available}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def build_evaluator(eval_cfg: dict[str, Any], overrides: dict[str, Any]) -> tuple[Evaluator, str]:
+    cfg = {k: v for k, v in eval_cfg.items() if k not in ("name", "_target_")}
+    target = eval_cfg.get("_target_", "npair.evaluation.Evaluator")
+    if target != "npair.evaluation.Evaluator":
+        raise ValueError(f"eval config _target_={target!r}: this CLI builds npair.evaluation.Evaluator only")
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return Evaluator(**cfg), str(eval_cfg.get("name", "custom"))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(items), resolve=True) if items else {}
+
+
+def embed_run(run_dir: Path, checkpoint: Path | None, device: str, batch_size: int, need_reference: bool):
+    """Rebuild model and data of a run directory and embed its test (and train) split."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from npair.evaluation.embed import embed_dataset
+    from npair.models import build_model
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"--run {run_dir}: no config.yaml (is this a run directory?)")
+    cfg = OmegaConf.load(cfg_path)
+    ckpt_path = checkpoint or run_dir / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"--run {run_dir}: no checkpoint {ckpt_path}")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model = build_model(cfg.backbone, cfg.dataset.embedding_dim)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    splits = instantiate(cfg.dataset.build)
+    logits_fn = _classifier(cfg, state, splits, device)
+    test = embed_dataset(model, splits.test, batch_size=batch_size, device=device, logits_fn=logits_fn)
+    reference = embed_dataset(model, splits.train, batch_size=batch_size, device=device) if need_reference else None
+    source = {"run": str(run_dir), "checkpoint": str(ckpt_path), "step": state.get("step")}
+    return cfg, test, reference, dict(splits.extras), source
+
+
+def _classifier(cfg, state, splits, device):
+    """Logits function of a classifier loss (softmax baseline), when the run has one.
+
+    Looks for a ``logits(embeddings)`` method, else a ``classifier`` module, on the loss
+    rebuilt from ``cfg.loss`` with the checkpoint's ``loss`` state.
+    """
+    if not state.get("loss"):
+        return None
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    loss_cfg = OmegaConf.to_container(cfg.loss, resolve=True)
+    loss_cfg.pop("name", None)
+    if "num_classes" in loss_cfg and loss_cfg["num_classes"] is None:
+        loss_cfg["num_classes"] = splits.num_train_classes
+    loss = instantiate(loss_cfg)
+    loss.load_state_dict(state["loss"])
+    loss.to(device).eval()
+    if callable(getattr(loss, "logits", None)):
+        return loss.logits
+    if callable(getattr(loss, "classifier", None)):
+        return loss.classifier
+    return None
+
+
+def format_table(metrics: dict[str, float], meta: dict[str, Any]) -> str:
+    lines = ["| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        lines.append(f"| {key} | {value:.6g} |" if isinstance(value, float) and math.isfinite(value) else f"| {key} | {value} |")
+    lines.append(f"\nsimilarity: {meta.get('similarity')}   kNN backend: {meta.get('knn_backend', '-')}   "
+                 f"n_test: {meta.get('n_test')}   seconds: {meta.get('seconds', 0):.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m npair.evaluate", description=__doc__.split("\n\n")[0])
+    src = p.add_argument_group("input (one of)")
+    src.add_argument("--embeddings", help="test embeddings (.npy/.pt, or .npz/.pt dict with embeddings, labels[, logits])")
+    src.add_argument("--run", type=Path, help="run directory with config.yaml and checkpoint.pt")
+    p.add_argument("--labels", help="test labels (.npy/.pt)")
+    p.add_argument("--logits", help="test logits (.npy/.pt), for softmax_acc")
+    p.add_argument("--reference-embeddings", help="reference (training) embeddings, for knn_acc")
+    p.add_argument("--reference-labels", help="reference labels")
+    p.add_argument("--extras", help=".npz or .pt dict with protocol extras (pairs, gallery, probes)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: RUN/checkpoint.pt)")
+    p.add_argument("--eval", help="eval config name in configs/eval/ or a YAML path (default: the run's, else retrieval)")
+    p.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="configs/ directory (default: %(default)s)")
+    p.add_argument("--similarity", choices=["cosine", "inner_product", "euclidean"], help="override eval similarity")
+    p.add_argument("--backend", choices=["auto", "faiss", "torch"], help="override the kNN backend")
+    p.add_argument("--device", help="device for the evaluator and for embedding a run (cpu, cuda, auto)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size when embedding a run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an evaluator argument")
+    p.add_argument("--out", type=Path, help="write the result JSON here")
+    args = p.parse_args(argv)
+    if (args.embeddings is None) == (args.run is None):
+        p.error("give exactly one of --embeddings or --run")
+
+    overrides = parse_overrides(args.set)
+    overrides.update(similarity=args.similarity, backend=args.backend)
+    if args.device:
+        overrides["device"] = args.device
+
+    if args.run is not None:
+        from omegaconf import OmegaConf
+
+        run_cfg = OmegaConf.load(args.run / "config.yaml") if (args.run / "config.yaml").is_file() else None
+        if args.eval:
+            eval_cfg = load_eval_config(args.eval, args.config_dir)
+        elif run_cfg is not None and "eval" in run_cfg:
+            eval_cfg = OmegaConf.to_container(run_cfg.eval, resolve=True)
+        else:
+            eval_cfg = load_eval_config("retrieval", args.config_dir)
+        evaluator, eval_name = build_evaluator(eval_cfg, overrides)
+        import torch
+
+        device = args.device if args.device and args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        _, test, reference, extras, source = embed_run(
+            args.run, args.checkpoint, device, args.batch_size, evaluator.needs_reference
+        )
+    else:
+        evaluator, eval_name = build_evaluator(load_eval_config(args.eval or "retrieval", args.config_dir), overrides)
+        test = load_embedding_set(args.embeddings, args.labels, args.logits)
+        reference = None
+        if args.reference_embeddings:
+            reference = load_embedding_set(args.reference_embeddings, args.reference_labels, None, "reference")
+        extras = load_array(args.extras, "--extras") if args.extras else {}
+        if not isinstance(extras, dict):
+            raise ValueError(f"--extras {args.extras}: expected a dict (.npz or .pt dict)")
+        source = {"embeddings": args.embeddings, "labels": args.labels}
+
+    result = evaluator(test, reference=reference, extras=extras)
+    print(format_table(dict(result), result.meta))
+    if args.out:
+        payload = {
+            "schema": RESULT_SCHEMA,
+            "similarity": evaluator.similarity,
+            "eval": eval_name,
+            "source": source,
+            "metrics": dict(result),
+            "meta": result.meta,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""k-means clustering of test embeddings and the clustering metrics (NMI, F1) over seeds.
+
+Protocol (Song et al. CVPR 2016, as Sohn 2016 Table 2 reports it): k-means with
+``k`` = number of **test** classes, on **all** test points, NMI and F1 of the cluster
+assignment against the classes, averaged over S k-means seeds (paper: 10, "standard
+errors are omitted"). The cluster assignment of a point is its nearest final centroid.
+
+k-means is Euclidean on the embeddings as the similarity sees them: L2-normalised for
+``cosine``, raw for ``euclidean`` and ``inner_product`` (Song et al. cluster raw features).
+
+Backends:
+
+* ``"faiss"``: ``faiss.Kmeans`` with ``max_points_per_centroid`` raised to ``n`` so it
+  never subsamples (faiss' default 256 silently trains on a subset when n > 256·k,
+  faiss #268), ``min_points_per_centroid=1`` (no warnings for small classes), random
+  initialisation from ``seed``, ``niter`` Lloyd iterations (default 20 = PML's
+  ``FaissKMeans(niter=20)`` and RDML), one run per seed (``nredo=1``).
+* ``"sklearn"``: ``sklearn.cluster.KMeans(init="random", n_init=1, max_iter=niter,
+  tol=0)`` — the same algorithm (Lloyd, random init), used when faiss is absent.
+* ``"torch"``: the same Lloyd iterations in torch (chunked ``x @ cᵀ`` assignment on the
+  evaluator's device), random initialisation from ``seed`` (k distinct points), empty
+  clusters re-seeded by splitting a large cluster as faiss does. On the 2-core
+  development machine it is several times faster than faiss-cpu (the faiss-cpu wheel's
+  exhaustive search is slow there; ``scripts/bench_evaluator.py``).
+* ``"auto"``: torch.
+
+Different backends draw different initialisations, so NMI/F1 agree between them only up
+to k-means' seed-to-seed noise; for a fixed backend and seed they are deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .knn import faiss_available
+from .metrics import mean_and_standard_error, nmi, pair_f1
+
+KMEANS_BACKENDS = ("auto", "torch", "faiss", "sklearn")
+SPLIT_EPS = 1.0 / 1024  # faiss Clustering: relative perturbation when splitting a cluster
+
+
+def kmeans(
+    x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, backend: str = "auto", device: str = "cpu"
+) -> np.ndarray:
+    """Cluster the rows of ``x`` (float32, already prepared) into ``k`` clusters.
+
+    Returns the ``(n,)`` int64 index of each point's nearest final centroid.
+
+    >>> x = np.array([[0.0], [0.1], [10.0], [10.1]], dtype=np.float32)
+    >>> a = kmeans(x, 2, seed=0, backend="sklearn")
+    >>> bool(a[0] == a[1] != a[2] == a[3])
+    True
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means with k={k} clusters needs 1 <= k <= n={n} points")
+    if backend not in KMEANS_BACKENDS:
+        raise ValueError(f"kmeans backend={backend!r} is not one of {KMEANS_BACKENDS}")
+    if backend == "auto":
+        backend = "torch"
+    if backend == "torch":
+        return _torch_kmeans(x, k, seed=int(seed), niter=niter, device=device)
+    if backend == "faiss" and not faiss_available():
+        raise ImportError("kmeans_backend='faiss' needs the faiss package; use torch or sklearn")
+    if backend == "faiss":
+        import faiss
+
+        km = faiss.Kmeans(
+            x.shape[1],
+            k,
+            niter=niter,
+            seed=int(seed),
+            nredo=1,
+            max_points_per_centroid=max(n, 1),
+            min_points_per_centroid=1,
+            verbose=False,
+        )
+        km.train(x)
+        _, assignment = km.index.search(x, 1)
+        return assignment[:, 0].astype(np.int64)
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, init="random", n_init=1, max_iter=niter, tol=0.0, random_state=int(seed))
+    return km.fit_predict(x).astype(np.int64)
+
+
+def _assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Nearest centroid (squared Euclidean) of every row, in chunks of rows."""
+    c_sq = (centroids * centroids).sum(1)
+    out = torch.empty(len(x), dtype=torch.int64, device=x.device)
+    for s in range(0, len(x), chunk):
+        scores = x[s : s + chunk] @ centroids.T
+        scores.mul_(2).sub_(c_sq[None, :])  # argmax of 2 x·c - ‖c‖² = argmin ‖x - c‖²
+        out[s : s + chunk] = scores.argmax(dim=1)
+    return out
+
+
+def _torch_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, device: str) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xt = torch.from_numpy(x).to(device)
+    n = len(xt)
+    chunk = max(1, (128 * 2**20) // (4 * k))  # <= 128 MiB score block
+    centroids = xt[torch.from_numpy(rng.choice(n, size=k, replace=False)).to(device)].clone()
+    with torch.no_grad():
+        for _ in range(niter):
+            assignment = _assign(xt, centroids, chunk)
+            counts = torch.bincount(assignment, minlength=k)
+            sums = torch.zeros_like(centroids).index_add_(0, assignment, xt)
+            filled = counts > 0
+            centroids[filled] = sums[filled] / counts[filled, None].to(sums.dtype)
+            if not bool(filled.all()):
+                _split_for_empty(centroids, counts.cpu().numpy(), rng)
+        return _assign(xt, centroids, chunk).cpu().numpy()
+
+
+def _split_for_empty(centroids: torch.Tensor, counts: np.ndarray, rng: np.random.Generator) -> None:
+    """Re-seed each empty cluster by splitting a cluster drawn with probability
+    proportional to (size - 1), both halves perturbed by ±SPLIT_EPS (faiss' rule)."""
+    sign = torch.ones(centroids.shape[1], device=centroids.device)
+    sign[1::2] = -1
+    counts = counts.astype(np.float64)
+    for empty in np.flatnonzero(counts == 0):
+        weights = np.maximum(counts - 1, 0)
+        if weights.sum() == 0:
+            return
+        big = int(rng.choice(len(counts), p=weights / weights.sum()))
+        centroids[empty] = centroids[big] * (1 + SPLIT_EPS * sign)
+        centroids[big] = centroids[big] * (1 - SPLIT_EPS * sign)
+        counts[empty] = np.floor(counts[big] / 2)
+        counts[big] -= counts[empty]
+
+
+def clustering_scores(
+    x: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seeds: Sequence[int] = tuple(range(10)),
+    niter: int = 20,
+    backend: str = "auto",
+    device: str = "cpu",
+    metrics: Sequence[str] = ("nmi", "f1"),
+) -> dict[str, float]:
+    """NMI and/or F1 of k-means (k = number of distinct labels) over ``seeds``.
+
+    One k-means per seed, shared by both metrics. Returns ``{metric: mean over seeds}``
+    plus ``{metric}_se`` (standard error over seeds) when there are >= 2 seeds.
+    """
+    labels = np.asarray(labels)
+    if len(labels) != len(x):
+        raise ValueError(f"{len(x)} embeddings but {len(labels)} labels")
+    if len(seeds) == 0:
+        raise ValueError("kmeans seeds: need at least one seed")
+    k = int(np.unique(labels).size)
+    per_seed: dict[str, list[float]] = {m: [] for m in metrics}
+    functions = {"nmi": nmi, "f1": pair_f1}
+    for seed in seeds:
+        assignment = kmeans(x, k, seed=seed, niter=niter, backend=backend, device=device)
+        for m in metrics:
+            per_seed[m].append(functions[m](labels, assignment))
+    out: dict[str, float] = {}
+    for m, values in per_seed.items():
+        out[m], se = mean_and_standard_error(values)
+        if len(values) > 1:
+            out[f"{m}_se"] = se
+    return out

@@ -1,0 +1,264 @@
+"""Face protocols on LFW (Sohn 2016 LFW table: VRF, closed-set Rank-1, open-set DIR@FAR=1 %).
+
+Inputs arrive through the evaluator's ``extras`` dict (the dataset builder puts them in
+``DatasetSplits.extras``). **Format** — all indices are 0-based positions in the *test*
+split (the order of ``EmbeddingSet.embeddings``):
+
+``extras["pairs"]``
+    int array ``(P, 4)``, one row per pair: ``(i, j, same, fold)``; ``same`` is 1 for a
+    matched pair and 0 for a mismatched one, ``fold`` in ``0..F-1``. LFW View 2
+    (``pairs.txt``): F = 10 folds of 300 matched + 300 mismatched pairs. ``same`` must
+    agree with the test labels (checked).
+``extras["gallery"]``, ``extras["probes"]``
+    either one 1-D int array each (a single trial) or equally long lists of 1-D int
+    arrays (one per trial; BLUFR has 10). A probe whose label occurs in the trial's
+    gallery is *genuine* (mated), otherwise an *impostor* (non-mated).
+
+Protocols (registered in :data:`FACE_PROTOCOLS`; add one with :func:`register`):
+
+``lfw_pairs`` → ``lfw_acc``, ``lfw_acc_se``, ``lfw_threshold``
+    10-fold pair verification: for each fold, the threshold maximising accuracy on the
+    **other** folds' pairs (never the scored fold), then accuracy on the fold; mean ±
+    standard error over folds. Among equally good thresholds the lowest is taken;
+    candidate thresholds are midpoints between consecutive distinct training scores (and
+    ±inf); a pair is "same" when its similarity is > the threshold.
+``closed_set_rank1`` → ``rank1``
+    closed-set identification: fraction of genuine probes whose most similar gallery
+    image has their identity (impostor probes are not used).
+``open_set_dir`` → ``dir@far=1%`` (for ``far=0.01``)
+    open-set identification rate at a false-accept rate (BLUFR's DIR@FAR, rank 1): the
+    threshold ``t`` is the ``(⌊far·n_imp⌋+1)``-th highest top-1 score of the impostor
+    probes, so at most ``far`` of the impostors score above it; DIR = fraction of
+    genuine probes whose top-1 gallery match has their identity **and** a score > ``t``.
+
+With several trials, each metric is the mean over trials and ``<key>_se`` its standard
+error. Which identification protocol the paper used (Best-Rowden et al. 2014 or BLUFR)
+is not confirmed (``datasets.md`` §5): any gallery/probe lists in this format work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .knn import iter_knn
+from .metrics import mean_and_standard_error
+from .verification import pair_scores
+
+FaceProtocol = Callable[..., dict[str, float]]
+FACE_PROTOCOLS: dict[str, FaceProtocol] = {}
+
+
+def register(name: str) -> Callable[[FaceProtocol], FaceProtocol]:
+    """Register ``fn(x, labels, extras, *, similarity, far, backend, device) -> dict`` as a protocol."""
+
+    def wrap(fn: FaceProtocol) -> FaceProtocol:
+        FACE_PROTOCOLS[name] = fn
+        return fn
+
+    return wrap
+
+
+# --------------------------------------------------------------------------------------
+# pure functions
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """Threshold ``t`` maximising the accuracy of "same iff score > t" on these pairs.
+
+    Candidates: midpoints between consecutive distinct scores, and ±inf; ties in accuracy
+    go to the lowest threshold.
+
+    >>> best_threshold(np.array([0.1, 0.4, 0.6, 0.9]), np.array([0, 0, 1, 1]))
+    0.5
+    >>> best_threshold(np.array([0.2, 0.8]), np.array([1, 1]))
+    -inf
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(same).astype(bool)
+    order = np.argsort(s, kind="stable")
+    s, y = s[order], y[order]
+    # cut c: pairs [0, c) predicted "different", [c, n) predicted "same"; valid c: 0, n, and
+    # positions where the score changes
+    correct_below = np.concatenate([[0], np.cumsum(~y)])  # different pairs among the first c
+    correct_above = np.concatenate([np.cumsum(y[::-1])[::-1], [0]])  # same pairs among c..n-1
+    accuracy = correct_below + correct_above
+    n = s.size
+    valid = np.ones(n + 1, dtype=bool)
+    valid[1:n] = s[1:] != s[:-1]
+    accuracy = np.where(valid, accuracy, -1)
+    c = int(np.argmax(accuracy))
+    if c == 0:
+        return -np.inf
+    if c == n:
+        return np.inf
+    return float((s[c - 1] + s[c]) / 2)
+
+
+def kfold_verification(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-fold accuracy and threshold: each fold is scored at the threshold chosen on
+    all *other* folds (LFW View 2 protocol).
+
+    >>> s = np.array([0.1, 0.9, 0.2, 0.8]); y = np.array([0, 1, 0, 1]); f = np.array([0, 0, 1, 1])
+    >>> acc, t = kfold_verification(s, y, f)
+    >>> acc.tolist(), t.tolist()
+    ([1.0, 1.0], [0.5, 0.5])
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    same = np.asarray(same).astype(bool)
+    folds = np.asarray(folds)
+    fold_ids = np.unique(folds)
+    if fold_ids.size < 2:
+        raise ValueError(f"k-fold verification needs >= 2 folds, got {fold_ids.size}")
+    accuracies, thresholds = [], []
+    for f in fold_ids:
+        test = folds == f
+        t = best_threshold(scores[~test], same[~test])
+        accuracies.append(float(((scores[test] > t) == same[test]).mean()))
+        thresholds.append(t)
+    return np.array(accuracies), np.array(thresholds)
+
+
+def rank1_identification(top1_labels: np.ndarray, probe_labels: np.ndarray, genuine: np.ndarray) -> float:
+    """Closed-set rank-1: fraction of genuine probes whose top-1 gallery label is theirs.
+
+    >>> rank1_identification(np.array([1, 2, 3]), np.array([1, 5, 3]), np.array([True, True, False]))
+    0.5
+    """
+    genuine = np.asarray(genuine, dtype=bool)
+    if not genuine.any():
+        raise ValueError("closed-set rank-1: no probe has its identity in the gallery")
+    return float((np.asarray(top1_labels)[genuine] == np.asarray(probe_labels)[genuine]).mean())
+
+
+def dir_at_far(
+    top1_scores: np.ndarray, top1_labels: np.ndarray, probe_labels: np.ndarray, genuine: np.ndarray, far: float
+) -> float:
+    """Open-set detection-and-identification rate at a false-accept rate (rank 1).
+
+    >>> s = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.1])   # 3 genuine, then 3 impostor probes
+    >>> lab_top1 = np.array([1, 9, 3, 0, 0, 0]); lab = np.array([1, 2, 3, 7, 8, 9])
+    >>> g = np.array([True, True, True, False, False, False])
+    >>> dir_at_far(s, lab_top1, lab, g, far=0.34)  # t = 0.2 (2nd-highest impostor): probe 0 and 2 pass
+    0.6666666666666666
+    >>> dir_at_far(s, lab_top1, lab, g, far=0.01)  # t = 0.7: only probe 0
+    0.3333333333333333
+    """
+    genuine = np.asarray(genuine, dtype=bool)
+    scores = np.asarray(top1_scores, dtype=np.float64)
+    impostor_scores = np.sort(scores[~genuine])[::-1]
+    if impostor_scores.size == 0:
+        raise ValueError("open-set DIR@FAR needs impostor probes (identities absent from the gallery)")
+    if not genuine.any():
+        raise ValueError("open-set DIR@FAR: no probe has its identity in the gallery")
+    m = int(np.floor(far * impostor_scores.size))
+    threshold = impostor_scores[min(m, impostor_scores.size - 1)]
+    hit = (np.asarray(top1_labels) == np.asarray(probe_labels)) & (scores > threshold)
+    return float(hit[genuine].mean())
+
+
+# --------------------------------------------------------------------------------------
+# protocols over the evaluator's inputs
+
+
+def _require(extras: dict[str, Any], key: str, protocol: str) -> Any:
+    if key not in extras or extras[key] is None:
+        raise ValueError(
+            f"face protocol {protocol!r} needs extras[{key!r}] (see npair.evaluation.faces for the format); "
+            f"got extras keys {sorted(extras)}"
+        )
+    return extras[key]
+
+
+def _check_indices(idx: np.ndarray, n: int, what: str) -> np.ndarray:
+    idx = np.asarray(idx)
+    if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"{what}: indices must be integers in [0, {n}), got range [{idx.min()}, {idx.max()}]")
+    return idx.astype(np.int64)
+
+
+@register("lfw_pairs")
+def lfw_pairs(x: np.ndarray, labels: np.ndarray, extras: dict[str, Any], *, similarity: str, **_: Any) -> dict[str, float]:
+    pairs = np.asarray(_require(extras, "pairs", "lfw_pairs"))
+    if pairs.ndim != 2 or pairs.shape[1] != 4:
+        raise ValueError(f"extras['pairs'] must be an int array (P, 4) of (i, j, same, fold), got shape {pairs.shape}")
+    i = _check_indices(pairs[:, 0], len(x), "extras['pairs'][:, 0]")
+    j = _check_indices(pairs[:, 1], len(x), "extras['pairs'][:, 1]")
+    same = pairs[:, 2].astype(bool)
+    disagree = int((same != (labels[i] == labels[j])).sum())
+    if disagree:
+        raise ValueError(
+            f"extras['pairs']: {disagree} pairs have a 'same' flag that contradicts the test labels; "
+            "the pairs list and the test split do not match"
+        )
+    acc, thresholds = kfold_verification(pair_scores(x, i, j, similarity), same, pairs[:, 3])
+    mean, se = mean_and_standard_error(acc)
+    return {"lfw_acc": mean, "lfw_acc_se": se, "lfw_threshold": float(np.mean(thresholds))}
+
+
+def _trials(extras: dict[str, Any], protocol: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    gallery = _require(extras, "gallery", protocol)
+    probes = _require(extras, "probes", protocol)
+    single = isinstance(gallery, np.ndarray) and gallery.ndim == 1 and np.issubdtype(gallery.dtype, np.integer)
+    if single or (isinstance(gallery, Sequence) and len(gallery) and np.isscalar(gallery[0])):
+        gallery, probes = [gallery], [probes]
+    if len(gallery) != len(probes):
+        raise ValueError(f"extras: {len(gallery)} gallery lists but {len(probes)} probe lists (one each per trial)")
+    return [
+        (_check_indices(g, n, f"extras['gallery'][{t}]"), _check_indices(p, n, f"extras['probes'][{t}]"))
+        for t, (g, p) in enumerate(zip(gallery, probes))
+    ]
+
+
+def _top1(x: np.ndarray, gallery: np.ndarray, probes: np.ndarray, similarity: str, backend: str, device: str):
+    scores = np.empty(len(probes), dtype=np.float64)
+    nearest = np.empty(len(probes), dtype=np.int64)
+    for start, s, idx in iter_knn(x[probes], x[gallery], 1, similarity=similarity, backend=backend,
+                                  device=device, prepared=True):
+        scores[start : start + len(s)] = s[:, 0]
+        nearest[start : start + len(s)] = gallery[idx[:, 0]]
+    return scores, nearest
+
+
+def _identification(
+    x: np.ndarray, labels: np.ndarray, extras: dict[str, Any], protocol: str, *, similarity: str, far: float,
+    backend: str = "auto", device: str = "cpu", **_: Any,
+) -> dict[str, float]:
+    values = []
+    for gallery, probes in _trials(extras, protocol, len(x)):
+        scores, nearest = _top1(x, gallery, probes, similarity, backend, device)
+        genuine = np.isin(labels[probes], labels[gallery])
+        if protocol == "closed_set_rank1":
+            values.append(rank1_identification(labels[nearest], labels[probes], genuine))
+        else:
+            values.append(dir_at_far(scores, labels[nearest], labels[probes], genuine, far))
+    key = "rank1" if protocol == "closed_set_rank1" else f"dir@far={far * 100:g}%"
+    mean, se = mean_and_standard_error(values)
+    out = {key: mean}
+    if len(values) > 1:
+        out[f"{key}_se"] = se
+    return out
+
+
+@register("closed_set_rank1")
+def closed_set_rank1(x, labels, extras, **kw) -> dict[str, float]:
+    return _identification(x, labels, extras, "closed_set_rank1", **kw)
+
+
+@register("open_set_dir")
+def open_set_dir(x, labels, extras, **kw) -> dict[str, float]:
+    return _identification(x, labels, extras, "open_set_dir", **kw)
+
+
+def face_scores(
+    x: np.ndarray, labels: np.ndarray, extras: dict[str, Any], protocols: Sequence[str], **kw: Any
+) -> dict[str, float]:
+    """Run the named protocols and merge their results."""
+    out: dict[str, float] = {}
+    for name in protocols:
+        if name not in FACE_PROTOCOLS:
+            raise ValueError(f"unknown face protocol {name!r}; registered: {sorted(FACE_PROTOCOLS)}")
+        out.update(FACE_PROTOCOLS[name](x, labels, extras, **kw))
+    return out

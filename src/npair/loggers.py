@@ -1,0 +1,216 @@
+"""Run logging: metrics.json + train_log.csv always, Weights & Biases optionally.
+
+W&B never prompts: ``logger.mode=auto`` goes online only when credentials are found (WANDB_API_KEY,
+WANDB_IDENTITY_TOKEN_FILE or a netrc entry from ``wandb login``) and offline otherwise; an explicit
+``logger.mode=online`` without credentials fails before training; ``logger=none`` turns W&B off entirely.
+
+What one W&B run holds (one per training run; a ``-m`` sweep makes one per job, each finished before the
+next starts):
+
+- config: the resolved Hydra config;
+- group: ``logger.group`` (``${name}``, i.e. ``<table>/<row>`` for experiment configs), so all seeds of one
+  table row sit together; tags: loss, dataset, N×M batch shape, seed, the table and ``cfg.tags``;
+- history: ``train/<column>`` every log step (loss, lr, images_per_s, batch_acc, probe_* — the columns of
+  train_log.csv) and ``eval/<metric>`` at every evaluation, both at the optimiser step;
+- summary: ``final/<metric>``, ``status``, ``config_hash``, ``similarity``, ``seed``, ``name``, ``steps_done``,
+  ``wall_time_s`` (what :func:`npair.wandb_source.fetch_records` reads back).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import netrc
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from npair.runio import METRICS_FILE, METRICS_SCHEMA_VERSION, atomic_write_json
+
+log = logging.getLogger("npair.loggers")
+
+# Header fields of metrics.json mirrored into the W&B summary at start (so crashed runs carry them too).
+SUMMARY_HEADER_KEYS = ("name", "seed", "config_hash", "similarity", "dataset", "loss", "sampler", "protocol")
+
+
+# ------------------------------------------------------------------------------------ credentials / mode
+def _netrc_has_host(host: str) -> bool:
+    """A netrc entry for ``host`` in $NETRC or ~/.netrc (where ``wandb login`` writes it)."""
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_api_key_available() -> bool:
+    """True when W&B can authenticate without asking: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a
+    netrc entry for the W&B host (``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
+    return _netrc_has_host(host)
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """auto → online with credentials, else offline. WANDB_MODE in the environment wins over the config.
+
+    Never returns a mode in which ``wandb.init`` would prompt: ``online`` without credentials raises.
+    """
+    env = os.environ.get("WANDB_MODE")
+    if env in {"online", "offline", "disabled"}:
+        chosen = env
+    elif mode == "auto":
+        chosen = "online" if wandb_api_key_available() else "offline"
+    elif mode in {"online", "offline"}:
+        chosen = mode
+    else:
+        raise ValueError(f"logger.mode={mode!r}: use auto, online or offline (or logger=none)")
+    if chosen == "online" and not wandb_api_key_available():
+        source = "WANDB_MODE=online" if env == "online" else f"logger.mode={mode}"
+        raise ValueError(f"{source} but no W&B credentials were found (WANDB_API_KEY or `wandb login`); "
+                         "log in first, or use logger.mode=auto / offline (sync later with `wandb sync`)")
+    return chosen
+
+
+# ------------------------------------------------------------------------------------ naming
+def batch_shape_tag(sampler: Any) -> str | None:
+    """The batch composition as ``<N>x<M>``: N classes × M images (``60x2``), triplets × 3 (``40x3``),
+    pairs × 2, naive tuplets N × (N+1); None for samplers without these keys."""
+    sampler = sampler or {}
+    get = sampler.get
+    if get("n_triplets") is not None:
+        return f"{int(get('n_triplets'))}x3"
+    if get("n_pairs") is not None:
+        return f"{int(get('n_pairs'))}x2"
+    if get("n_classes") is not None:
+        if get("n_per_class") is not None:
+            return f"{int(get('n_classes'))}x{int(get('n_per_class'))}"
+        if str(get("name", "")) == "tuplet" or "Tuplet" in str(get("_target_", "")):
+            return f"{int(get('n_classes'))}x{int(get('n_classes')) + 1}"
+    return None
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    """W&B tags: loss, dataset, N×M, ``seed<k>``, the table (``<table>/<row>`` names) and ``cfg.tags``."""
+    tags = [str(cfg.loss.get("name", "")), str(cfg.dataset.get("name", "")), batch_shape_tag(cfg.get("sampler")),
+            f"seed{cfg.seed}"]
+    name = str(cfg.get("name", ""))
+    if "/" in name:
+        tags.append(name.split("/")[0])
+    tags += [str(t) for t in (cfg.logger.get("tags") or cfg.get("tags") or [])]
+    unique: list[str] = []
+    for tag in tags:
+        if tag and tag not in unique:
+            unique.append(tag[:64])  # W&B's tag length limit
+    return unique
+
+
+def wandb_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    """Where the ``wandb/`` folder goes: ``logger.dir``, else $WANDB_DIR, else the run directory."""
+    return Path(cfg.logger.get("dir") or os.environ.get("WANDB_DIR") or run_dir)
+
+
+# ------------------------------------------------------------------------------------ the logger
+class RunLogger:
+    """Writes a run's local record and mirrors it to W&B.
+
+    ``metrics.json`` (schema ``METRICS_SCHEMA_VERSION``) holds provenance, the evaluation history and
+    the final metrics; it is rewritten atomically after every evaluation so a killed run keeps what it had.
+    """
+
+    CSV_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "batch_acc", "probe_nway_acc", "probe_2way_acc",
+                  "probe_nway_loss", "probe_2way_loss", "elapsed_s")
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, header: dict[str, Any]) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.start = time.time()
+        self.record: dict[str, Any] = {
+            "schema_version": METRICS_SCHEMA_VERSION,
+            "status": "running",
+            **header,
+            "history": [],
+            "final": {},
+            "wall_time_s": 0.0,
+        }
+        self._csv_file = open(self.run_dir / "train_log.csv", "w", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=self.CSV_FIELDS, extrasaction="ignore")
+        self._csv.writeheader()
+        self.wandb_run = None
+        self.wandb_mode: str | None = None
+        if cfg.logger.name == "wandb":
+            self._start_wandb(cfg)
+        self.flush()
+
+    def _start_wandb(self, cfg: DictConfig) -> None:
+        mode = resolve_wandb_mode(str(cfg.logger.get("mode", "auto")))
+        if mode == "disabled":
+            return
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        directory = wandb_dir(cfg, self.run_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.wandb_mode = mode
+        self.wandb_run = wandb.init(
+            project=str(cfg.logger.project),
+            entity=cfg.logger.get("entity"),
+            group=str(cfg.logger.get("group") or cfg.name),
+            job_type=str(cfg.logger.get("job_type") or "train"),
+            name=f"{cfg.name}/seed{cfg.seed}",
+            tags=run_tags(cfg),
+            config=OmegaConf.to_container(cfg, resolve=True),
+            dir=str(directory),
+            mode=mode,
+            reinit="finish_previous",  # a sweep job never appends to the previous job's run
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+        self.wandb_run.summary.update({"status": "running", "run_dir": str(self.run_dir.resolve()),
+                                       **{k: self.record.get(k) for k in SUMMARY_HEADER_KEYS}})
+        self.record["wandb"] = {"mode": mode, "id": self.wandb_run.id, "project": str(cfg.logger.project),
+                                "group": str(cfg.logger.get("group") or cfg.name),
+                                "dir": str(Path(self.wandb_run.dir).parent)}
+
+    def log_train(self, row: dict[str, Any]) -> None:
+        row = {**row, "elapsed_s": round(time.time() - self.start, 3)}
+        self._csv.writerow(row)
+        self._csv_file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({f"train/{k}": v for k, v in row.items() if k != "step" and v is not None},
+                               step=int(row["step"]))
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.record["history"].append({"step": int(step), **metrics})
+        if self.wandb_run is not None:
+            self.wandb_run.log({f"eval/{k}": v for k, v in metrics.items()}, step=int(step))
+        self.flush()
+
+    def flush(self) -> None:
+        self.record["wall_time_s"] = round(time.time() - self.start, 3)
+        atomic_write_json(self.run_dir / METRICS_FILE, self.record)
+
+    def finish(self, status: str, final: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+        self.record["status"] = status
+        self.record["final"] = dict(final)
+        self.record.update(extra or {})
+        self.flush()
+        self._csv_file.close()
+        if self.wandb_run is None:
+            return
+        summary = {f"final/{key}": value for key, value in final.items()}
+        summary.update({"status": status, "wall_time_s": self.record["wall_time_s"],
+                        **{k: v for k, v in (extra or {}).items() if isinstance(v, (int, float, str))}})
+        self.wandb_run.summary.update(summary)
+        offline_dir = Path(self.wandb_run.dir).parent
+        self.wandb_run.finish(exit_code=0 if status == "completed" else 1)
+        self.wandb_run = None
+        if self.wandb_mode == "offline":
+            message = (f"W&B offline run saved in {offline_dir}\n"
+                       f"  upload it with: wandb sync {offline_dir}\n"
+                       f"  (or all offline runs at once: wandb sync --sync-all, from {offline_dir.parent.parent})")
+            print(message, flush=True)
+            log.info(message.replace("\n", " "))

@@ -1,0 +1,105 @@
+"""Run-directory I/O: atomic writes, provenance (git commit, config hash), metrics.json schema."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+METRICS_SCHEMA_VERSION = 1
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+CONFIG_FILE = "config.yaml"
+
+# Keys that say where/how a run is logged, not what it computes: excluded from the config hash.
+_HASH_EXCLUDED = ("paths", "logger", "tags")
+_HASH_EXCLUDED_TRAINER = ("progress_bar", "num_workers", "eval_batch_size", "save_checkpoint", "log_every")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temporary file in the same directory and os.replace: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _json_safe(value.item())
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    data = json.dumps(_json_safe(obj), indent=2, sort_keys=False).encode()
+    _atomic_write(Path(path), lambda handle: handle.write(data + b"\n"))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """SHA-256 (first 16 hex digits) of the resolved config, less logging/location keys."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in _HASH_EXCLUDED:
+        container.pop(key, None)
+    for key in _HASH_EXCLUDED_TRAINER:
+        container.get("trainer", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit(repo_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The commit of the code that ran and whether the work tree had changes; nulls outside git."""
+    cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's metrics.json, or None when it has none; a corrupt file raises naming the path."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it to re-run this run") from err
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    metrics = read_metrics(run_dir)
+    return bool(metrics) and metrics.get("status") == "completed"

@@ -1,0 +1,418 @@
+"""Tables: run what is missing, aggregate run directories, write them next to the paper's numbers.
+
+    python -m npair.tables TABLE=mini            # the default of `make reproduce-table`
+    python -m npair.tables TABLE=glyphs_npair_vs_triplet --dry-run
+    python -m npair.tables TABLE=mini --no-train # aggregate only
+
+A table spec (``configs/table/<name>.yaml``) lists rows (an experiment config each), seeds and metrics,
+the paper's reference numbers and the bolding rule; or ``include:`` a list of other tables. Runs live in
+``outputs/runs/<experiment>/seed<k>/``; a run whose ``metrics.json`` says ``completed`` is never re-run.
+Each table is written to ``outputs/tables/<name>.{md,csv,tex}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from npair.runio import atomic_write_text, is_complete
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+# ------------------------------------------------------------------------------------ statistics
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: our mean ± standard error over ``n`` of ``expected`` seeds, and the paper's value."""
+
+    mean: float | None
+    se: float | None
+    n: int
+    expected: int
+    paper: float | None = None
+    runs: int = 0  # completed runs; runs > 0 with n == 0 means the metric does not apply to this row
+
+    @property
+    def missing(self) -> bool:
+        return self.n == 0
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.mean is None or self.paper is None else self.mean - self.paper
+
+
+def mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (sample std with ddof=1 over √n); SE is None for n < 2."""
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=np.float64)
+    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else None
+    return float(arr.mean()), se
+
+
+def bold_mask(cells: list[Cell], higher_is_better: bool = True) -> list[bool]:
+    """The paper's rule: bold the best mean and every entry whose mean ± SE interval overlaps the best's.
+
+    An entry without a standard error (one seed) is bold only when it is the best.
+    """
+    present = [c for c in cells if c.mean is not None]
+    if not present:
+        return [False] * len(cells)
+    sign = 1.0 if higher_is_better else -1.0
+    best = max(present, key=lambda c: sign * c.mean)
+    best_lo, best_hi = best.mean - (best.se or 0.0), best.mean + (best.se or 0.0)
+    out = []
+    for c in cells:
+        if c.mean is None:
+            out.append(False)
+        elif c is best:
+            out.append(True)
+        elif c.se is None or best.se is None:
+            out.append(c.mean == best.mean)
+        else:
+            out.append(c.mean - c.se <= best_hi and c.mean + c.se >= best_lo)
+    return out
+
+
+# ------------------------------------------------------------------------------------ table specs
+@dataclass
+class Row:
+    """One table row: an experiment config, optionally evaluated differently from how it was trained.
+
+    ``evaluate_with`` lists config overrides (e.g. ``[dataset=glyphs_faces, eval=faces]``) under which the
+    run's final checkpoint is evaluated again; the row then reports those metrics.
+    """
+
+    label: str
+    experiment: str
+    paper: dict[str, float] = field(default_factory=dict)
+    evaluate_with: list[str] = field(default_factory=list)
+
+    @property
+    def eval_slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "+".join(self.evaluate_with))
+
+
+@dataclass
+class TableSpec:
+    name: str
+    title: str
+    rows: list[Row]
+    seeds: list[int]
+    metrics: list[dict[str, Any]]
+    scale: float = 100.0
+    decimals: int = 2
+    paper_source: str | None = None
+    notes: str | None = None
+    curves: dict[str, Any] | None = None
+
+    def run_dir(self, root: Path, row: Row, seed: int) -> Path:
+        """Runs are keyed by experiment and seed, so tables that share an experiment share its runs."""
+        return run_dir_of(root, row.experiment, seed)
+
+    def result_path(self, root: Path, row: Row, seed: int) -> Path:
+        """Where the row's metrics for one seed live: metrics.json, or a re-evaluation's JSON."""
+        run_dir = self.run_dir(root, row, seed)
+        return run_dir / "metrics.json" if not row.evaluate_with else run_dir / "eval" / f"{row.eval_slug}.json"
+
+
+def run_dir_of(root: Path, experiment: str, seed: int) -> Path:
+    return root / "runs" / experiment / f"seed{seed}"
+
+
+def table_names(name: str, config_dir: Path = CONFIG_DIR) -> list[str]:
+    """Expand a name into the tables it stands for (``include:`` collections, ``all``)."""
+    path = config_dir / "table" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (config_dir / "table").glob("*.yaml"))
+        raise SystemExit(f"TABLE={name!r}: no {path}. Known tables: {', '.join(known)}")
+    spec = OmegaConf.load(path)
+    if "include" in spec:
+        return [t for sub in spec.include for t in table_names(str(sub), config_dir)]
+    return [name]
+
+
+def load_spec(name: str, config_dir: Path = CONFIG_DIR) -> TableSpec:
+    path = config_dir / "table" / f"{name}.yaml"
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    missing = [k for k in ("rows", "seeds", "metrics") if k not in raw]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}")
+    rows = [Row(label=str(r["label"]), experiment=str(r["experiment"]), paper=dict(r.get("paper") or {}),
+                evaluate_with=list(r.get("evaluate_with") or [])) for r in raw["rows"]]
+    metrics = [m if isinstance(m, dict) else {"key": m, "label": m} for m in raw["metrics"]]
+    return TableSpec(name=str(raw.get("name", name)), title=str(raw.get("title", name)), rows=rows,
+                     seeds=[int(s) for s in raw["seeds"]], metrics=metrics,
+                     scale=float(raw.get("scale", 100.0)), decimals=int(raw.get("decimals", 2)),
+                     paper_source=raw.get("paper_source"), notes=raw.get("notes"), curves=raw.get("curves"))
+
+
+def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictConfig:
+    """The training config of one run, exactly as ``npair.train`` composes it."""
+    from hydra import compose, initialize_config_dir
+
+    import npair.train  # noqa: F401  (registers the ${pid:} resolver)
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"seed={seed}", *overrides])
+    if cfg.name != experiment:
+        raise ValueError(f"configs/experiment/{experiment}.yaml sets name={cfg.name!r}; it must equal the "
+                         f"experiment's path {experiment!r} (the run directory is keyed by it)")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------ running
+def missing_runs(specs: list[TableSpec], root: Path) -> dict[str, list[int]]:
+    """Experiment → seeds without a completed run, over all the given tables (shared runs counted once)."""
+    missing: dict[str, list[int]] = {}
+    for spec in specs:
+        for row in spec.rows:
+            for seed in spec.seeds:
+                if not is_complete(run_dir_of(root, row.experiment, seed)):
+                    seeds = missing.setdefault(row.experiment, [])
+                    if seed not in seeds:
+                        seeds.append(seed)
+    return missing
+
+
+def check_data(cfg: DictConfig) -> str | None:
+    """A message when the dataset must be downloaded first, else None."""
+    download = cfg.dataset.get("download")
+    root = cfg.dataset.get("root")
+    if download and root and not Path(str(root)).exists():
+        return (f"dataset {cfg.dataset.name!r} not found at {root}.\n"
+                f"  fetch it with:  make data DATASET={download}   (or python -m npair.data.download {download} --root data)")
+    return None
+
+
+def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs: int) -> int:
+    """Train the missing runs with Hydra multiruns (the joblib launcher, ``jobs`` at a time).
+
+    Experiments missing the same seeds form one sweep ``experiment=a,b,.. seed=..``; each job writes
+    ``<root>/runs/<experiment>/seed<k>/``. Returns the number of runs launched.
+    """
+    for experiment, seeds in missing.items():
+        problem = check_data(compose_run(experiment, seeds[0], overrides))
+        if problem:
+            raise SystemExit(f"cannot run {experiment}: {problem}")
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for experiment, seeds in missing.items():
+        groups.setdefault(tuple(sorted(seeds)), []).append(experiment)
+    launched = 0
+    for seeds, experiments in groups.items():
+        n = len(seeds) * len(experiments)
+        launcher = [f"hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 and n > 1 else []
+        cmd = [sys.executable, "-m", "npair.train", "-m", *launcher, f"experiment={','.join(experiments)}",
+               f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={root / 'runs'}",
+               "hydra.sweep.subdir=${name}/seed${seed}", *overrides]
+        print(f"training {n} run(s): {', '.join(experiments)} × seeds {list(seeds)}", flush=True)
+        result = subprocess.run(cmd)
+        if result.returncode != 0:
+            raise SystemExit(f"training failed (exit {result.returncode}); command:\n  {' '.join(cmd)}")
+        launched += n
+    return launched
+
+
+def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> None:
+    """Evaluate a completed run's final checkpoint under ``row.evaluate_with``; writes eval/<slug>.json."""
+    import torch
+    from hydra.utils import instantiate
+
+    from npair.models import build_model
+    from npair.runio import CHECKPOINT_FILE, atomic_write_json
+    from npair.train import evaluate, make
+
+    run_dir = run_dir_of(root, row.experiment, seed)
+    cfg = compose_run(row.experiment, seed, [*overrides, *row.evaluate_with])
+    checkpoint = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    splits = instantiate(cfg.dataset.build)
+    model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
+    model.load_state_dict(checkpoint["model"])
+    loss_kwargs = {"num_classes": splits.num_train_classes} if cfg.loss.get("num_classes", 0) is None else {}
+    loss_fn = make(cfg.loss, **loss_kwargs)
+    loss_fn.load_state_dict(checkpoint.get("loss", {}))
+    evaluator = make(cfg.eval)
+    metrics = evaluate(model, loss_fn, splits, evaluator, cfg, torch.device("cpu"))
+    atomic_write_json(run_dir / "eval" / f"{row.eval_slug}.json", {
+        "status": "completed", "evaluate_with": row.evaluate_with, "step": checkpoint.get("step"),
+        "similarity": getattr(evaluator, "similarity", None), "final": metrics})
+
+
+def evaluate_missing(specs: list[TableSpec], root: Path, overrides: list[str]) -> None:
+    todo = [(spec, row, seed) for spec in specs for row in spec.rows if row.evaluate_with for seed in spec.seeds
+            if is_complete(spec.run_dir(root, row, seed)) and not spec.result_path(root, row, seed).exists()]
+    for spec, row, seed in tqdm(todo, desc="evaluating again", unit="run", disable=not todo):
+        evaluate_again(root, row, seed, overrides)
+
+
+def dry_run(specs: list[TableSpec], root: Path, overrides: list[str]) -> None:
+    for spec in specs:
+        for row in spec.rows:
+            for seed in spec.seeds:
+                cfg = compose_run(row.experiment, seed, overrides)
+                state = "done" if is_complete(spec.run_dir(root, row, seed)) else "missing"
+                extra = f" then evaluated with {row.evaluate_with}" if row.evaluate_with else ""
+                print(f"--- {spec.name} / {row.label} / seed {seed} [{state}] -> {spec.run_dir(root, row, seed)}{extra}")
+                print(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+# ------------------------------------------------------------------------------------ aggregation
+def collect(spec: TableSpec, root: Path) -> dict[str, dict[str, Cell]]:
+    """Cells per row label and metric key, from the completed runs' final metrics (scaled)."""
+    table: dict[str, dict[str, Cell]] = {}
+    for row in spec.rows:
+        finals = []
+        for seed in spec.seeds:
+            path = spec.result_path(root, row, seed)
+            metrics = json.loads(path.read_text()) if path.exists() else None
+            if metrics and metrics.get("status") == "completed":
+                finals.append(metrics.get("final", {}))
+        table[row.label] = {}
+        for metric in spec.metrics:
+            key = metric["key"]
+            values = [float(f[key]) * spec.scale for f in finals if f.get(key) is not None]
+            mean, se = mean_se(values)
+            paper = row.paper.get(key)
+            table[row.label][key] = Cell(mean, se, len(values), len(spec.seeds), None if paper is None else float(paper),
+                                         runs=len(finals))
+    return table
+
+
+def _fmt(value: float | None, decimals: int) -> str:
+    return "—" if value is None else f"{value:.{decimals}f}"
+
+
+def cell_text(cell: Cell, decimals: int) -> str:
+    if cell.missing:
+        return "n/a" if cell.runs else f"missing (0/{cell.expected})"
+    text = _fmt(cell.mean, decimals) + (f" ± {_fmt(cell.se, decimals)}" if cell.se is not None else "")
+    if cell.n < cell.expected:
+        text += f" ({cell.n}/{cell.expected} seeds)"
+    return text
+
+
+def to_markdown(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
+    keys = [m["key"] for m in spec.metrics]
+    labels = [m.get("label", m["key"]) for m in spec.metrics]
+    bold = {k: bold_mask([table[r.label][k] for r in spec.rows], spec.metrics[i].get("higher_is_better", True))
+            for i, k in enumerate(keys)}
+    has_paper = any(r.paper for r in spec.rows)
+    out = io.StringIO()
+    out.write(f"### {spec.title}\n\n")
+    out.write("| method | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n")
+    for i, row in enumerate(spec.rows):
+        cells = []
+        for k in keys:
+            text = cell_text(table[row.label][k], spec.decimals)
+            cells.append(f"**{text}**" if bold[k][i] else text)
+        out.write(f"| {row.label} | " + " | ".join(cells) + " |\n")
+        if has_paper:
+            paper = [_fmt(table[row.label][k].paper, spec.decimals) for k in keys]
+            diff = [("—" if table[row.label][k].diff is None else f"{table[row.label][k].diff:+.{spec.decimals}f}")
+                    for k in keys]
+            out.write(f"| ↳ paper | " + " | ".join(paper) + " |\n")
+            out.write(f"| ↳ ours − paper | " + " | ".join(diff) + " |\n")
+    out.write(f"\nMean ± standard error over seeds {spec.seeds}; bold: the best and those whose ±SE interval "
+              "overlaps it (the paper's rule).")
+    if has_paper and spec.paper_source:
+        out.write(f" Paper numbers: {spec.paper_source}.")
+    if spec.notes:
+        out.write(f" {spec.notes.strip()}")
+    out.write("\n")
+    return out.getvalue()
+
+
+def to_csv(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff"])
+    for row in spec.rows:
+        for metric in spec.metrics:
+            c = table[row.label][metric["key"]]
+            writer.writerow([spec.name, row.label, metric["key"], c.mean, c.se, c.n, c.expected, c.paper, c.diff])
+    return out.getvalue()
+
+
+def to_latex(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
+    keys = [m["key"] for m in spec.metrics]
+    bold = {k: bold_mask([table[r.label][k] for r in spec.rows]) for k in keys}
+    lines = [r"\begin{tabular}{l" + "c" * len(keys) + "}", r"\toprule",
+             "Method & " + " & ".join(m.get("label", m["key"]).replace("%", r"\%") for m in spec.metrics) + r" \\",
+             r"\midrule"]
+    for i, row in enumerate(spec.rows):
+        cells = []
+        for k in keys:
+            c = table[row.label][k]
+            text = "--" if c.missing else _fmt(c.mean, spec.decimals) + (
+                f" $\\pm$ {_fmt(c.se, spec.decimals)}" if c.se is not None else "")
+            cells.append(f"\\textbf{{{text}}}" if bold[k][i] else text)
+        lines.append(row.label.replace("_", r"\_") + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def write_table(spec: TableSpec, root: Path) -> dict[str, Path]:
+    table = collect(spec, root)
+    out_dir = root / "tables"
+    paths = {ext: out_dir / f"{spec.name}.{ext}" for ext in ("md", "csv", "tex")}
+    atomic_write_text(paths["md"], to_markdown(spec, table))
+    atomic_write_text(paths["csv"], to_csv(spec, table))
+    atomic_write_text(paths["tex"], to_latex(spec, table))
+    return paths
+
+
+# ------------------------------------------------------------------------------------ CLI
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m npair.tables", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("assignments", nargs="*", help="TABLE=<name> and extra training overrides key=value")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their resolved configs; run nothing")
+    parser.add_argument("--no-train", action="store_true", help="aggregate existing runs only")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs trained at once")
+    parser.add_argument("--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)")
+    args = parser.parse_args(argv)
+    args.table, args.overrides = "mini", []
+    for item in args.assignments:
+        key, _, value = item.partition("=")
+        if key == "TABLE":
+            args.table = value
+        else:
+            args.overrides.append(item)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    root = Path(args.outputs or Path(os.environ.get("NPAIR_ROOT", ".")) / "outputs").resolve()
+    specs = [load_spec(name) for name in table_names(args.table)]
+    if args.dry_run:
+        dry_run(specs, root, args.overrides)
+        return
+    start = time.time()
+    if not args.no_train:
+        launch(missing_runs(specs, root), root, args.overrides, args.jobs)
+        evaluate_missing(specs, root, args.overrides)
+    for spec in specs:
+        paths = write_table(spec, root)
+        print(paths["md"].read_text())
+        print(f"wrote {', '.join(str(p) for p in paths.values())}\n")
+    print(f"done in {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

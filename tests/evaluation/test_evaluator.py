@@ -1,0 +1,233 @@
+"""The Evaluator: agreement with pytorch-metric-learning, backend agreement, bad input, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from npair.evaluation import EmbeddingSet, Evaluator
+from npair.evaluation.knn import faiss_available
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
+BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
+
+
+def clustered(n=400, classes=25, dim=16, noise=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.arange(classes), np.arange(classes), rng.integers(0, classes, n - 2 * classes)])
+    labels = labels[rng.permutation(n)]
+    x = rng.normal(size=(classes, dim))[labels] + noise * rng.normal(size=(n, dim))
+    return x.astype(np.float32), labels
+
+
+def with_duplicates(seed=0):
+    """Random clustered embeddings where some items are exact copies of an item of ANOTHER
+    class: from the copy, the original ties with the query at rank 0."""
+    x, labels = clustered(seed=seed)
+    for src, dst in [(0, 1), (10, 11), (20, 21), (30, 31)]:
+        x[dst] = x[src]
+        if labels[dst] == labels[src]:
+            labels[dst] = (labels[src] + 1) % 25
+    return x, labels
+
+
+def _pml(x, labels, similarity):
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    if similarity == "cosine":  # PML's faiss L2 on L2-normalised embeddings ranks by cosine
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    calc = AccuracyCalculator(
+        include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
+        k="max_bin_count",
+        device=torch.device("cpu"),
+    )
+    return calc.get_accuracy(x, labels)
+
+
+def _positional_recall_at_1(x, labels):
+    """RDML/PA style: search 2 neighbours, drop column 0 (whatever it is)."""
+    d = ((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1)
+    order = np.argsort(d, axis=1, kind="stable")
+    return float((labels[order[:, 1]] == labels).mean())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("similarity", ["cosine", "euclidean"])
+@pytest.mark.parametrize("make", [clustered, with_duplicates])
+def test_recall_at_1_and_map_at_r_equal_pml(backend, similarity, make):
+    x, labels = make()
+    ours = Evaluator(metrics=["recall", "map_at_r", "r_precision"], ks=[1], similarity=similarity, backend=backend)(
+        EmbeddingSet(x, labels)
+    )
+    pml = _pml(x, labels, similarity)
+    assert ours["recall@1"] == pytest.approx(pml["precision_at_1"], abs=1e-12)
+    assert ours["map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-12)
+    assert ours["r_precision"] == pytest.approx(pml["r_precision"], abs=1e-12)
+
+
+def test_duplicates_make_positional_exclusion_differ():
+    """The duplicate fixture is one where dropping rank 0 gives a different (wrong) Recall@1."""
+    x, labels = with_duplicates()
+    ours = Evaluator(metrics=["recall"], ks=[1], similarity="euclidean", backend="torch")(EmbeddingSet(x, labels))
+    assert _positional_recall_at_1(x, labels) != pytest.approx(ours["recall@1"])
+
+
+def _all_metric_evaluator(backend, similarity):
+    return Evaluator(
+        metrics=["recall", "map_at_r", "r_precision", "nmi", "f1", "knn_acc", "vrf", "softmax_acc"],
+        ks=[1, 2, 4, 8, 16],
+        similarity=similarity,
+        backend=backend,
+        kmeans_seeds=2,
+        kmeans_backend="torch",
+        knn_k=5,
+        vrf_negatives=[1, 5],
+        vrf_seeds=2,
+        chunk_size=97,
+    )
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
+@pytest.mark.parametrize("similarity", ["cosine", "inner_product", "euclidean"])
+def test_faiss_and_torch_backends_agree_on_all_metrics(similarity):
+    x, labels = clustered(seed=4)
+    xr, labels_r = clustered(n=300, seed=5)
+    logits = np.random.default_rng(0).normal(size=(len(x), 25))
+    results = [
+        _all_metric_evaluator(b, similarity)(EmbeddingSet(x, labels, logits), reference=EmbeddingSet(xr, labels_r))
+        for b in ("torch", "faiss")
+    ]
+    assert results[0].keys() == results[1].keys()
+    for key in results[0]:
+        assert results[0][key] == pytest.approx(results[1][key], abs=1e-6), key
+    assert results[0].meta["knn_backend"] == "torch" and results[1].meta["knn_backend"] == "faiss-cpu"
+
+
+def test_result_records_similarity_and_is_a_float_dict():
+    x, labels = clustered()
+    ev = Evaluator(metrics=["recall", "nmi"], ks=[1, 2], similarity="euclidean", kmeans_seeds=2)
+    result = ev(EmbeddingSet(x, labels))
+    assert ev.similarity == "euclidean" and result.meta["similarity"] == "euclidean"
+    assert set(result) == {"recall@1", "recall@2", "recall_excluded_singletons", "nmi", "nmi_se"}
+    assert all(isinstance(v, float) for v in result.values())
+
+
+def test_kmeans_uses_test_class_count_and_averages_seeds():
+    x, labels = clustered(noise=0.05)
+    result = Evaluator(metrics=["nmi", "f1"], kmeans_seeds=[3, 4, 5])(EmbeddingSet(x, labels))
+    assert result.meta["kmeans_k"] == 25 and result.meta["kmeans_seeds"] == [3, 4, 5]
+    assert result["nmi"] > 0.9 and "f1_se" in result
+    one = Evaluator(metrics=["nmi", "f1"], kmeans_seeds=1)(EmbeddingSet(x, labels))
+    assert "nmi_se" not in one  # no standard error from a single seed
+
+
+# ---------------------------------------------------------------- seen-class protocol
+
+
+def test_knn_acc_uses_the_reference_set():
+    train = EmbeddingSet(np.array([[0.0, 1.0], [0.0, 2.0], [1.0, 0.0], [2.0, 0.1]]), np.array([0, 0, 1, 1]))
+    test = EmbeddingSet(np.array([[0.1, 1.0], [1.0, 0.2], [1.0, 0.9]]), np.array([0, 1, 0]))
+    ev = Evaluator(metrics=["knn_acc"], similarity="cosine", knn_k=1)
+    assert ev.needs_reference
+    # cosine: query 3 (1.0, 0.9) is closer in angle to class 1's (2, 0.1)? cos = .74 vs (0,1): .67 -> wrong
+    assert ev(test, reference=train)["knn_acc"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="needs reference embeddings"):
+        ev(test)
+    with pytest.raises(ValueError, match="knn_k=5 exceeds the 4 reference items"):
+        Evaluator(metrics=["knn_acc"], knn_k=5)(test, reference=train)
+    with pytest.raises(ValueError, match="needs_reference: true"):
+        Evaluator(metrics=["knn_acc"], needs_reference=False)
+
+
+def test_softmax_accuracy_only_with_logits():
+    x, labels = clustered(n=60, classes=3)
+    logits = np.eye(3)[labels]
+    logits[:6] = np.eye(3)[(labels[:6] + 1) % 3]  # 6 wrong of 60
+    ev = Evaluator(metrics=["softmax_acc"])
+    assert ev(EmbeddingSet(x, labels, logits))["softmax_acc"] == pytest.approx(0.9)
+    without = ev(EmbeddingSet(x, labels))
+    assert "softmax_acc" not in without and "no logits" in without.meta["softmax_acc"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_mismatched_lengths_are_an_error():
+    with pytest.raises(ValueError, match="10 embeddings but 9 labels"):
+        EmbeddingSet(np.zeros((10, 3)), np.zeros(9))
+    with pytest.raises(ValueError, match="logits shape"):
+        EmbeddingSet(np.zeros((10, 3)), np.zeros(10), np.zeros((9, 2)))
+    with pytest.raises(ValueError, match="labels must be integers"):
+        EmbeddingSet(np.zeros((2, 3)), np.array([0.5, 1.0]))
+
+
+def test_nan_embeddings_are_an_error():
+    x, labels = clustered()
+    x[17, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf in 1 of 400 rows.*row 17"):
+        Evaluator(metrics=["recall"])(EmbeddingSet(x, labels))
+
+
+def test_singleton_queries_are_excluded_and_counted():
+    x, labels = clustered(n=100, classes=10)
+    labels = labels.copy()
+    labels[[3, 50]] = [98, 99]  # two classes of one image each
+    ev = Evaluator(metrics=["recall", "map_at_r"], ks=[1, 4], similarity="euclidean")
+    result = ev(EmbeddingSet(x, labels))
+    assert result["recall_excluded_singletons"] == 2.0
+    keep = np.setdiff1d(np.arange(100), [3, 50])
+    # same as evaluating the others against the FULL set (the singletons stay as distractors)
+    d = ((x[keep, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1)
+    d[np.arange(len(keep)), keep] = np.inf
+    nearest = np.argsort(d, axis=1, kind="stable")[:, :4]
+    hits = labels[nearest] == labels[keep, None]
+    assert result["recall@1"] == pytest.approx(hits[:, 0].mean())
+    assert result["recall@4"] == pytest.approx(hits.any(1).mean())
+    with pytest.raises(ValueError, match="2 test queries belong to classes with a single test item.*label 98"):
+        Evaluator(metrics=["recall"], singleton_queries="error")(EmbeddingSet(x, labels))
+
+
+def test_k_larger_than_the_test_set_is_an_error():
+    x, labels = clustered(n=60, classes=5)
+    with pytest.raises(ValueError, match="K=100.*only 60 items"):
+        Evaluator(metrics=["recall"], ks=[1, 100])(EmbeddingSet(x, labels))
+
+
+def test_bad_configuration_is_an_error():
+    with pytest.raises(ValueError, match="unknown eval metric"):
+        Evaluator(metrics=["recal"])
+    with pytest.raises(ValueError, match="similarity='dot'"):
+        Evaluator(similarity="dot")
+    with pytest.raises(ValueError, match="kmeans_seeds=0"):
+        Evaluator(kmeans_seeds=0)
+    with pytest.raises(ValueError, match="VRF\\(neg=30\\).*only 25 classes"):
+        Evaluator(metrics=["vrf"], vrf_negatives=[30])(EmbeddingSet(*clustered()))
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_eval_configs_instantiate(path):
+    cfg = OmegaConf.load(path)
+    assert cfg.name == path.stem
+    node = OmegaConf.to_container(cfg)
+    node.pop("name")
+    ev = instantiate(node)
+    assert isinstance(ev, Evaluator)
+    assert ev.similarity == cfg.similarity
+    assert ev.needs_reference == (path.stem == "recognition")
+    text = path.read_text()
+    for key in (k for k in node if k != "_target_"):  # every key documented with its provenance
+        line = next(line for line in text.splitlines() if line.startswith(f"{key}:"))
+        assert "#" in line, f"{path.name}: key {key} has no comment"
+
+
+def test_config_k_lists():
+    assert list(OmegaConf.load(CONFIG_DIR / "retrieval.yaml").ks) == [1, 2, 4, 8]
+    assert list(OmegaConf.load(CONFIG_DIR / "sop.yaml").ks) == [1, 10, 100, 1000]

@@ -1,0 +1,113 @@
+"""The table builder on synthetic metrics.json files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from npair.runio import atomic_write_json
+from npair.tables import (Cell, Row, TableSpec, bold_mask, collect, load_spec, mean_se, missing_runs, table_names,
+                          to_markdown, write_table)
+
+
+def make_spec() -> TableSpec:
+    return TableSpec(
+        name="demo", title="Demo", seeds=[0, 1, 2],
+        metrics=[{"key": "recall@1", "label": "R@1"}, {"key": "nmi", "label": "NMI"}],
+        rows=[Row("triplet", "demo/triplet", paper={"recall@1": 43.30}),
+              Row("60-pair-mc", "demo/npair_mc", paper={"recall@1": 50.96}),
+              Row("absent", "demo/absent")],
+        paper_source="Table 2c",
+    )
+
+
+def write_run(root: Path, spec: TableSpec, row: Row, seed: int, final: dict, status: str = "completed") -> None:
+    atomic_write_json(spec.run_dir(root, row, seed) / "metrics.json", {"status": status, "final": final})
+
+
+def test_mean_and_standard_error() -> None:
+    mean, se = mean_se([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6)
+    assert se == pytest.approx(0.1 / math.sqrt(3))  # sample std 0.1 (ddof=1) over sqrt(3)
+    assert mean_se([0.4]) == (0.4, None)
+    assert mean_se([]) == (None, None)
+
+
+def test_bold_rule_best_and_overlapping_standard_errors() -> None:
+    cells = [Cell(50.0, 1.0, 3, 3), Cell(48.5, 0.6, 3, 3), Cell(47.0, 0.5, 3, 3), Cell(None, None, 0, 3)]
+    # best 50±1 spans [49, 51]; 48.5±0.6 reaches 49.1 (overlaps); 47±0.5 reaches 47.5 (does not).
+    assert bold_mask(cells) == [True, True, False, False]
+    assert bold_mask(cells, higher_is_better=False) == [False, False, True, False]
+
+
+def test_collect_aggregates_completed_runs_and_reports_missing(tmp_path: Path) -> None:
+    spec = make_spec()
+    triplet, npair, absent = spec.rows
+    for seed, r1 in enumerate([0.40, 0.42, 0.44]):
+        write_run(tmp_path, spec, triplet, seed, {"recall@1": r1, "nmi": 0.5})
+    write_run(tmp_path, spec, npair, 0, {"recall@1": 0.55, "nmi": 0.6})
+    write_run(tmp_path, spec, npair, 1, {"recall@1": 0.57, "nmi": 0.62})
+    write_run(tmp_path, spec, npair, 2, {"recall@1": 0.99, "nmi": 0.99}, status="running")  # not counted
+    table = collect(spec, tmp_path)
+    t = table["triplet"]["recall@1"]
+    assert (t.mean, t.n, t.expected) == (pytest.approx(42.0), 3, 3)
+    assert t.se == pytest.approx(2.0 / math.sqrt(3))
+    assert t.diff == pytest.approx(42.0 - 43.30)
+    n = table["60-pair-mc"]["recall@1"]
+    assert (n.mean, n.n) == (pytest.approx(56.0), 2)
+    a = table["absent"]["recall@1"]
+    assert a.missing and a.mean is None  # missing, never zero
+    md = to_markdown(spec, table)
+    assert "missing (0/3)" in md
+    assert "56.00 ± 1.00 (2/3 seeds)" in md
+    assert "**56.00 ± 1.00 (2/3 seeds)**" in md  # the best R@1 is bold
+    assert "| ↳ ours − paper | -1.30 |" in md
+    assert "0.00" not in md.split("| absent |")[1].splitlines()[0]
+
+
+def test_write_table_writes_md_csv_tex(tmp_path: Path) -> None:
+    spec = make_spec()
+    write_run(tmp_path, spec, spec.rows[0], 0, {"recall@1": 0.4, "nmi": 0.5})
+    paths = write_table(spec, tmp_path)
+    assert {p.suffix for p in paths.values()} == {".md", ".csv", ".tex"}
+    csv_text = paths["csv"].read_text()
+    assert "demo,triplet,recall@1,40.0" in csv_text
+    assert "demo,absent,recall@1,,,0,3,," in csv_text
+    assert r"\textbf{40.00}" in paths["tex"].read_text()
+
+
+def test_tables_share_runs_and_re_evaluations_read_their_own_file(tmp_path: Path) -> None:
+    a, b = make_spec(), make_spec()
+    b.name = "other"
+    assert a.run_dir(tmp_path, a.rows[0], 1) == b.run_dir(tmp_path, b.rows[0], 1) == tmp_path / "runs/demo/triplet/seed1"
+    faces = Row("triplet", "demo/triplet", evaluate_with=["dataset=glyphs_faces", "eval=faces"])
+    assert a.result_path(tmp_path, faces, 1) == tmp_path / "runs/demo/triplet/seed1/eval/dataset=glyphs_faces_eval=faces.json"
+    spec = TableSpec(name="f", title="F", seeds=[1], metrics=[{"key": "rank1"}], rows=[faces])
+    write_run(tmp_path, spec, faces, 1, {"recall@1": 0.5})  # the training run's own metrics.json
+    assert collect(spec, tmp_path)["triplet"]["rank1"].missing
+    atomic_write_json(spec.result_path(tmp_path, faces, 1), {"status": "completed", "final": {"rank1": 0.25}})
+    assert collect(spec, tmp_path)["triplet"]["rank1"].mean == pytest.approx(25.0)
+
+
+def test_missing_runs_are_counted_once_across_tables(tmp_path: Path) -> None:
+    a, b = make_spec(), make_spec()
+    write_run(tmp_path, a, a.rows[0], 0, {"recall@1": 0.4})
+    missing = missing_runs([a, b], tmp_path)
+    assert missing == {"demo/triplet": [1, 2], "demo/npair_mc": [0, 1, 2], "demo/absent": [0, 1, 2]}
+
+
+def test_every_table_spec_loads() -> None:
+    root = Path(__file__).resolve().parents[1] / "configs" / "table"
+    names = sorted(p.stem for p in root.glob("*.yaml"))
+    assert "mini" in names
+    for name in names:
+        for table in table_names(name):
+            spec = load_spec(table)
+            assert spec.rows and spec.seeds and spec.metrics
+
+
+def test_unknown_table_lists_the_known_ones() -> None:
+    with pytest.raises(SystemExit, match="TABLE='nope'.*Known tables: .*mini"):
+        table_names("nope")
