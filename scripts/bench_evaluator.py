@@ -96,8 +96,13 @@ def _worker(name: str, data: str) -> dict:
         result = dict(ev(EmbeddingSet(x, labels)))
     elif name.startswith("cluster"):
         seeds = int(name[len("cluster") : name.index("_")])
-        ev = Evaluator(metrics=["nmi", "f1"], similarity="cosine", kmeans_seeds=seeds,
-                       kmeans_backend=name.split("_")[1], kmeans_niter=20)
+        ev = Evaluator(
+            metrics=["nmi", "f1"],
+            similarity="cosine",
+            kmeans_seeds=seeds,
+            kmeans_backend=name.split("_")[1],
+            kmeans_niter=20,
+        )
         result = dict(ev(EmbeddingSet(x, labels)))
     elif name.startswith("pml_"):
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -120,7 +125,10 @@ def _measure(name: str, data: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--data", data]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
-        return {"name": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+        return {
+            "name": name,
+            "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed",
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -133,7 +141,9 @@ def _table(rows: list[dict], ratios: dict[str, float]) -> str:
         if "error" in r:
             lines.append(f"| {r['name']} | error | | {r['error']} |")
             continue
-        res = ", ".join(f"{k}={v:.4f}" for k, v in r["result"].items() if not k.endswith("_se") and "excluded" not in k)
+        res = ", ".join(
+            f"{k}={v:.4f}" for k, v in r["result"].items() if not k.endswith("_se") and "excluded" not in k
+        )
         lines.append(f"| {r['name']} | {r['seconds']:.1f} | {r['peak_rss_gib']:.2f} | {res} |")
     if ratios:
         lines.append("")
@@ -147,7 +157,12 @@ def _ratios(rows: list[dict]) -> dict[str, float]:
     for ours in ("recall_torch", "recall_faiss"):
         if ours in t and "pml_precision_at_1" in t:
             out[f"{ours} / pml_precision_at_1 (target <= 1)"] = t[ours] / t["pml_precision_at_1"]
-    for ours, seeds in (("cluster1_torch", 1), ("cluster1_faiss", 1), ("cluster10_torch", 10), ("cluster10_faiss", 10)):
+    for ours, seeds in (
+        ("cluster1_torch", 1),
+        ("cluster1_faiss", 1),
+        ("cluster10_torch", 10),
+        ("cluster10_faiss", 10),
+    ):
         if ours in t and "pml_nmi" in t:
             out[f"{ours} per seed / pml_nmi (target <= 1.2)"] = t[ours] / seeds / t["pml_nmi"]
     return out
@@ -158,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=60502, help="embeddings (SOP test split: 60,502)")
     p.add_argument("--classes", type=int, default=11316, help="classes (SOP test split: 11,316)")
     p.add_argument("--dim", type=int, default=512, help="embedding size (SOP: 512)")
-    p.add_argument("--noise", type=float, default=2.4, help="noise level (norm of the noise vs unit-norm centres); 2.4 gives Recall@1 ≈ 0.6 at SOP scale")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=2.4,
+        help="noise level (norm of the noise vs unit-norm centres); 2.4 gives Recall@1 ≈ 0.6 at SOP scale",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", choices=ALL_MEASUREMENTS, help="run only these measurements")
     p.add_argument("--out", type=Path, default=Path("outputs/bench/bench_evaluator.json"))
@@ -180,10 +200,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {rows[-1]}", file=sys.stderr, flush=True)
     ratios = _ratios(rows)
     payload = {
-        "config": {"n": args.n, "classes": args.classes, "dim": args.dim, "noise": args.noise, "seed": args.seed,
-                   "ks": KS, "similarity": "cosine"},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_at_end": os.getloadavg()},
+        "config": {
+            "n": args.n,
+            "classes": args.classes,
+            "dim": args.dim,
+            "noise": args.noise,
+            "seed": args.seed,
+            "ks": KS,
+            "similarity": "cosine",
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_end": os.getloadavg(),
+        },
         "measurements": rows,
         "ratios": ratios,
     }

@@ -111,3 +111,13 @@ def test_every_table_spec_loads() -> None:
 def test_unknown_table_lists_the_known_ones() -> None:
     with pytest.raises(SystemExit, match="TABLE='nope'.*Known tables: .*mini"):
         table_names("nope")
+
+
+def test_bold_can_be_turned_off_per_metric_and_paper_se_is_shown(tmp_path: Path) -> None:
+    spec = make_spec()
+    spec.metrics[1]["bold"] = False
+    spec.rows[0].paper_se = {"recall@1": 0.38}
+    write_run(tmp_path, spec, spec.rows[0], 0, {"recall@1": 0.4, "nmi": 0.5})
+    md = to_markdown(spec, collect(spec, tmp_path))
+    assert "| triplet | **40.00 (1/3 seeds)** | 50.00 (1/3 seeds) |" in md
+    assert "| ↳ paper | 43.30 ± 0.38 | — |" in md

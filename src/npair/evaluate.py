@@ -54,12 +54,16 @@ def load_array(path: str | Path, what: str) -> Any:
     raise ValueError(f"{what}: {path} has suffix {path.suffix!r}; use .npy, .npz or .pt")
 
 
-def load_embedding_set(embeddings: str, labels: str | None, logits: str | None, what: str = "test") -> EmbeddingSet:
+def load_embedding_set(
+    embeddings: str, labels: str | None, logits: str | None, what: str = "test"
+) -> EmbeddingSet:
     data = load_array(embeddings, f"--{what}-embeddings" if what != "test" else "--embeddings")
     if isinstance(data, dict):
         missing = [k for k in ("embeddings", "labels") if k not in data and not (k == "labels" and labels)]
         if missing:
-            raise ValueError(f"{embeddings}: a dict file needs keys 'embeddings' and 'labels'; missing {missing}")
+            raise ValueError(
+                f"{embeddings}: a dict file needs keys 'embeddings' and 'labels'; missing {missing}"
+            )
         emb, lab, lg = data["embeddings"], data.get("labels"), data.get("logits")
     else:
         emb, lab, lg = data, None, None
@@ -125,7 +129,9 @@ def embed_run(run_dir: Path, checkpoint: Path | None, device: str, batch_size: i
     splits = instantiate(cfg.dataset.build)
     logits_fn = _classifier(cfg, state, splits, device)
     test = embed_dataset(model, splits.test, batch_size=batch_size, device=device, logits_fn=logits_fn)
-    reference = embed_dataset(model, splits.train, batch_size=batch_size, device=device) if need_reference else None
+    reference = (
+        embed_dataset(model, splits.train, batch_size=batch_size, device=device) if need_reference else None
+    )
     source = {"run": str(run_dir), "checkpoint": str(ckpt_path), "step": state.get("step")}
     return cfg, test, reference, dict(splits.extras), source
 
@@ -158,16 +164,24 @@ def _classifier(cfg, state, splits, device):
 def format_table(metrics: dict[str, float], meta: dict[str, Any]) -> str:
     lines = ["| metric | value |", "|---|---|"]
     for key, value in metrics.items():
-        lines.append(f"| {key} | {value:.6g} |" if isinstance(value, float) and math.isfinite(value) else f"| {key} | {value} |")
-    lines.append(f"\nsimilarity: {meta.get('similarity')}   kNN backend: {meta.get('knn_backend', '-')}   "
-                 f"n_test: {meta.get('n_test')}   seconds: {meta.get('seconds', 0):.2f}")
+        lines.append(
+            f"| {key} | {value:.6g} |"
+            if isinstance(value, float) and math.isfinite(value)
+            else f"| {key} | {value} |"
+        )
+    lines.append(
+        f"\nsimilarity: {meta.get('similarity')}   kNN backend: {meta.get('knn_backend', '-')}   "
+        f"n_test: {meta.get('n_test')}   seconds: {meta.get('seconds', 0):.2f}"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m npair.evaluate", description=__doc__.split("\n\n")[0])
     src = p.add_argument_group("input (one of)")
-    src.add_argument("--embeddings", help="test embeddings (.npy/.pt, or .npz/.pt dict with embeddings, labels[, logits])")
+    src.add_argument(
+        "--embeddings", help="test embeddings (.npy/.pt, or .npz/.pt dict with embeddings, labels[, logits])"
+    )
     src.add_argument("--run", type=Path, help="run directory with config.yaml and checkpoint.pt")
     p.add_argument("--labels", help="test labels (.npy/.pt)")
     p.add_argument("--logits", help="test logits (.npy/.pt), for softmax_acc")
@@ -175,13 +189,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-labels", help="reference labels")
     p.add_argument("--extras", help=".npz or .pt dict with protocol extras (pairs, gallery, probes)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: RUN/checkpoint.pt)")
-    p.add_argument("--eval", help="eval config name in configs/eval/ or a YAML path (default: the run's, else retrieval)")
-    p.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="configs/ directory (default: %(default)s)")
-    p.add_argument("--similarity", choices=["cosine", "inner_product", "euclidean"], help="override eval similarity")
+    p.add_argument(
+        "--eval", help="eval config name in configs/eval/ or a YAML path (default: the run's, else retrieval)"
+    )
+    p.add_argument(
+        "--config-dir", type=Path, default=CONFIG_DIR, help="configs/ directory (default: %(default)s)"
+    )
+    p.add_argument(
+        "--similarity", choices=["cosine", "inner_product", "euclidean"], help="override eval similarity"
+    )
     p.add_argument("--backend", choices=["auto", "faiss", "torch"], help="override the kNN backend")
     p.add_argument("--device", help="device for the evaluator and for embedding a run (cpu, cuda, auto)")
     p.add_argument("--batch-size", type=int, default=256, help="batch size when embedding a run")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an evaluator argument")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an evaluator argument"
+    )
     p.add_argument("--out", type=Path, help="write the result JSON here")
     args = p.parse_args(argv)
     if (args.embeddings is None) == (args.run is None):
@@ -205,16 +227,24 @@ def main(argv: list[str] | None = None) -> int:
         evaluator, eval_name = build_evaluator(eval_cfg, overrides)
         import torch
 
-        device = args.device if args.device and args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = (
+            args.device
+            if args.device and args.device != "auto"
+            else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         _, test, reference, extras, source = embed_run(
             args.run, args.checkpoint, device, args.batch_size, evaluator.needs_reference
         )
     else:
-        evaluator, eval_name = build_evaluator(load_eval_config(args.eval or "retrieval", args.config_dir), overrides)
+        evaluator, eval_name = build_evaluator(
+            load_eval_config(args.eval or "retrieval", args.config_dir), overrides
+        )
         test = load_embedding_set(args.embeddings, args.labels, args.logits)
         reference = None
         if args.reference_embeddings:
-            reference = load_embedding_set(args.reference_embeddings, args.reference_labels, None, "reference")
+            reference = load_embedding_set(
+                args.reference_embeddings, args.reference_labels, None, "reference"
+            )
         extras = load_array(args.extras, "--extras") if args.extras else {}
         if not isinstance(extras, dict):
             raise ValueError(f"--extras {args.extras}: expected a dict (.npz or .pt dict)")

@@ -12,8 +12,8 @@ next starts):
   table row sit together; tags: loss, dataset, N×M batch shape, seed, the table and ``cfg.tags``;
 - history: ``train/<column>`` every log step (loss, lr, images_per_s, batch_acc, probe_* — the columns of
   train_log.csv) and ``eval/<metric>`` at every evaluation, both at the optimiser step;
-- summary: ``final/<metric>``, ``status``, ``config_hash``, ``similarity``, ``seed``, ``name``, ``steps_done``,
-  ``wall_time_s`` (what :func:`npair.wandb_source.fetch_records` reads back).
+- summary: ``final/<metric>``, ``status``, ``config_hash``, ``similarity``, ``seed``, ``name``,
+  ``steps_done``, ``wall_time_s`` (what :func:`npair.wandb_source.fetch_records` reads back).
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def resolve_wandb_mode(mode: str) -> str:
         raise ValueError(f"logger.mode={mode!r}: use auto, online or offline (or logger=none)")
     if chosen == "online" and not wandb_api_key_available():
         source = "WANDB_MODE=online" if env == "online" else f"logger.mode={mode}"
-        raise ValueError(f"{source} but no W&B credentials were found (WANDB_API_KEY or `wandb login`); "
-                         "log in first, or use logger.mode=auto / offline (sync later with `wandb sync`)")
+        raise ValueError(
+            f"{source} but no W&B credentials were found (WANDB_API_KEY or `wandb login`); "
+            "log in first, or use logger.mode=auto / offline (sync later with `wandb sync`)"
+        )
     return chosen
 
 
@@ -96,8 +98,12 @@ def batch_shape_tag(sampler: Any) -> str | None:
 
 def run_tags(cfg: DictConfig) -> list[str]:
     """W&B tags: loss, dataset, N×M, ``seed<k>``, the table (``<table>/<row>`` names) and ``cfg.tags``."""
-    tags = [str(cfg.loss.get("name", "")), str(cfg.dataset.get("name", "")), batch_shape_tag(cfg.get("sampler")),
-            f"seed{cfg.seed}"]
+    tags = [
+        str(cfg.loss.get("name", "")),
+        str(cfg.dataset.get("name", "")),
+        batch_shape_tag(cfg.get("sampler")),
+        f"seed{cfg.seed}",
+    ]
     name = str(cfg.get("name", ""))
     if "/" in name:
         tags.append(name.split("/")[0])
@@ -122,8 +128,19 @@ class RunLogger:
     the final metrics; it is rewritten atomically after every evaluation so a killed run keeps what it had.
     """
 
-    CSV_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "batch_acc", "probe_nway_acc", "probe_2way_acc",
-                  "probe_nway_loss", "probe_2way_loss", "elapsed_s")
+    CSV_FIELDS = (
+        "step",
+        "epoch",
+        "loss",
+        "lr",
+        "images_per_s",
+        "batch_acc",
+        "probe_nway_acc",
+        "probe_2way_acc",
+        "probe_nway_loss",
+        "probe_2way_loss",
+        "elapsed_s",
+    )
 
     def __init__(self, run_dir: Path, cfg: DictConfig, header: dict[str, Any]) -> None:
         self.run_dir = Path(run_dir)
@@ -169,19 +186,30 @@ class RunLogger:
             reinit="finish_previous",  # a sweep job never appends to the previous job's run
             settings=wandb.Settings(silent=True, console="off"),
         )
-        self.wandb_run.summary.update({"status": "running", "run_dir": str(self.run_dir.resolve()),
-                                       **{k: self.record.get(k) for k in SUMMARY_HEADER_KEYS}})
-        self.record["wandb"] = {"mode": mode, "id": self.wandb_run.id, "project": str(cfg.logger.project),
-                                "group": str(cfg.logger.get("group") or cfg.name),
-                                "dir": str(Path(self.wandb_run.dir).parent)}
+        self.wandb_run.summary.update(
+            {
+                "status": "running",
+                "run_dir": str(self.run_dir.resolve()),
+                **{k: self.record.get(k) for k in SUMMARY_HEADER_KEYS},
+            }
+        )
+        self.record["wandb"] = {
+            "mode": mode,
+            "id": self.wandb_run.id,
+            "project": str(cfg.logger.project),
+            "group": str(cfg.logger.get("group") or cfg.name),
+            "dir": str(Path(self.wandb_run.dir).parent),
+        }
 
     def log_train(self, row: dict[str, Any]) -> None:
         row = {**row, "elapsed_s": round(time.time() - self.start, 3)}
         self._csv.writerow(row)
         self._csv_file.flush()
         if self.wandb_run is not None:
-            self.wandb_run.log({f"train/{k}": v for k, v in row.items() if k != "step" and v is not None},
-                               step=int(row["step"]))
+            self.wandb_run.log(
+                {f"train/{k}": v for k, v in row.items() if k != "step" and v is not None},
+                step=int(row["step"]),
+            )
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
         self.record["history"].append({"step": int(step), **metrics})
@@ -202,15 +230,22 @@ class RunLogger:
         if self.wandb_run is None:
             return
         summary = {f"final/{key}": value for key, value in final.items()}
-        summary.update({"status": status, "wall_time_s": self.record["wall_time_s"],
-                        **{k: v for k, v in (extra or {}).items() if isinstance(v, (int, float, str))}})
+        summary.update(
+            {
+                "status": status,
+                "wall_time_s": self.record["wall_time_s"],
+                **{k: v for k, v in (extra or {}).items() if isinstance(v, (int, float, str))},
+            }
+        )
         self.wandb_run.summary.update(summary)
         offline_dir = Path(self.wandb_run.dir).parent
         self.wandb_run.finish(exit_code=0 if status == "completed" else 1)
         self.wandb_run = None
         if self.wandb_mode == "offline":
-            message = (f"W&B offline run saved in {offline_dir}\n"
-                       f"  upload it with: wandb sync {offline_dir}\n"
-                       f"  (or all offline runs at once: wandb sync --sync-all, from {offline_dir.parent.parent})")
+            message = (
+                f"W&B offline run saved in {offline_dir}\n"
+                f"  upload it with: wandb sync {offline_dir}\n"
+                f"  (or all offline runs at once: wandb sync --sync-all, from {offline_dir.parent.parent})"
+            )
             print(message, flush=True)
             log.info(message.replace("\n", " "))

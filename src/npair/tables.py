@@ -102,6 +102,7 @@ class Row:
     experiment: str
     paper: dict[str, float] = field(default_factory=dict)
     evaluate_with: list[str] = field(default_factory=list)
+    paper_se: dict[str, float] = field(default_factory=dict)
 
     @property
     def eval_slug(self) -> str:
@@ -154,7 +155,8 @@ def load_spec(name: str, config_dir: Path = CONFIG_DIR) -> TableSpec:
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}")
     rows = [Row(label=str(r["label"]), experiment=str(r["experiment"]), paper=dict(r.get("paper") or {}),
-                evaluate_with=list(r.get("evaluate_with") or [])) for r in raw["rows"]]
+                evaluate_with=list(r.get("evaluate_with") or []), paper_se=dict(r.get("paper_se") or {}))
+            for r in raw["rows"]]
     metrics = [m if isinstance(m, dict) else {"key": m, "label": m} for m in raw["metrics"]]
     return TableSpec(name=str(raw.get("name", name)), title=str(raw.get("title", name)), rows=rows,
                      seeds=[int(s) for s in raw["seeds"]], metrics=metrics,
@@ -206,10 +208,10 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
     Experiments missing the same seeds form one sweep ``experiment=a,b,.. seed=..``; each job writes
     ``<root>/runs/<experiment>/seed<k>/``. Returns the number of runs launched.
     """
-    for experiment, seeds in missing.items():
-        problem = check_data(compose_run(experiment, seeds[0], overrides))
-        if problem:
-            raise SystemExit(f"cannot run {experiment}: {problem}")
+    problems = {problem for experiment, seeds in missing.items()
+                if (problem := check_data(compose_run(experiment, seeds[0], overrides)))}
+    if problems:
+        raise SystemExit("stopped before training: data is missing.\n" + "\n".join(sorted(problems)))
     groups: dict[tuple[int, ...], list[str]] = {}
     for experiment, seeds in missing.items():
         groups.setdefault(tuple(sorted(seeds)), []).append(experiment)
@@ -293,6 +295,16 @@ def collect(spec: TableSpec, root: Path) -> dict[str, dict[str, Cell]]:
     return table
 
 
+def bold_masks(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> dict[str, list[bool]]:
+    """Per metric, which rows are bold (``bold: false`` on a metric turns bolding off for it)."""
+    out = {}
+    for metric in spec.metrics:
+        cells = [table[r.label][metric["key"]] for r in spec.rows]
+        out[metric["key"]] = (bold_mask(cells, metric.get("higher_is_better", True)) if metric.get("bold", True)
+                              else [False] * len(cells))
+    return out
+
+
 def _fmt(value: float | None, decimals: int) -> str:
     return "—" if value is None else f"{value:.{decimals}f}"
 
@@ -309,8 +321,7 @@ def cell_text(cell: Cell, decimals: int) -> str:
 def to_markdown(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     keys = [m["key"] for m in spec.metrics]
     labels = [m.get("label", m["key"]) for m in spec.metrics]
-    bold = {k: bold_mask([table[r.label][k] for r in spec.rows], spec.metrics[i].get("higher_is_better", True))
-            for i, k in enumerate(keys)}
+    bold = bold_masks(spec, table)
     has_paper = any(r.paper for r in spec.rows)
     out = io.StringIO()
     out.write(f"### {spec.title}\n\n")
@@ -322,7 +333,8 @@ def to_markdown(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
             cells.append(f"**{text}**" if bold[k][i] else text)
         out.write(f"| {row.label} | " + " | ".join(cells) + " |\n")
         if has_paper:
-            paper = [_fmt(table[row.label][k].paper, spec.decimals) for k in keys]
+            paper = [_fmt(table[row.label][k].paper, spec.decimals)
+                     + (f" ± {row.paper_se[k]:.{spec.decimals}f}" if k in row.paper_se else "") for k in keys]
             diff = [("—" if table[row.label][k].diff is None else f"{table[row.label][k].diff:+.{spec.decimals}f}")
                     for k in keys]
             out.write(f"| ↳ paper | " + " | ".join(paper) + " |\n")
@@ -350,7 +362,7 @@ def to_csv(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
 
 def to_latex(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     keys = [m["key"] for m in spec.metrics]
-    bold = {k: bold_mask([table[r.label][k] for r in spec.rows]) for k in keys}
+    bold = bold_masks(spec, table)
     lines = [r"\begin{tabular}{l" + "c" * len(keys) + "}", r"\toprule",
              "Method & " + " & ".join(m.get("label", m["key"]).replace("%", r"\%") for m in spec.metrics) + r" \\",
              r"\midrule"]
@@ -383,7 +395,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("assignments", nargs="*", help="TABLE=<name> and extra training overrides key=value")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their resolved configs; run nothing")
     parser.add_argument("--no-train", action="store_true", help="aggregate existing runs only")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs trained at once")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs trained at once (default: 1 with a GPU, else 2 or the number of CPU cores if fewer)")
     parser.add_argument("--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)")
     args = parser.parse_args(argv)
     args.table, args.overrides = "mini", []
@@ -404,6 +417,10 @@ def main(argv: list[str] | None = None) -> None:
         dry_run(specs, root, args.overrides)
         return
     start = time.time()
+    if args.jobs is None:
+        import torch
+
+        args.jobs = 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
     if not args.no_train:
         launch(missing_runs(specs, root), root, args.overrides, args.jobs)
         evaluate_missing(specs, root, args.overrides)

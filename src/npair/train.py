@@ -15,9 +15,9 @@ import logging
 import math
 import os
 import random
+import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +30,23 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from npair import checkpoint as ckpt
+from npair import ddp, guards
+from npair import distributed as npd
 from npair.data.base import DatasetSplits
 from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
 from npair.loggers import RunLogger
 from npair.models import build_model
-from npair.runio import CHECKPOINT_FILE, CONFIG_FILE, atomic_torch_save, atomic_write_text, config_hash, git_commit
+from npair.runio import CHECKPOINT_FILE, CONFIG_FILE, atomic_write_text, config_hash, git_commit
+from npair.stream import BatchStream, SkippingBatchSampler
 
 log = logging.getLogger("npair.train")
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+# Cached, so a sweep's jobs (joblib/submitit workers, other processes) resolve hydra.sweep.dir to the launching
+# process's id, i.e. the directory the launcher created, and a requeued job finds its run directory again.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 
 
 # ------------------------------------------------------------------------------------ set-up helpers
@@ -95,21 +101,6 @@ def check_compatible(loss_fn: nn.Module, sampler: Any, cfg: DictConfig) -> None:
             f"loss={cfg.loss.name} reads {want!r} batches but sampler={cfg.sampler.name} makes {have!r} batches; "
             f"choose a sampler with layout {want!r} (e.g. the one its experiment configs use)"
         )
-
-
-def epochs(loader: torch.utils.data.DataLoader, sampler: Any, start_epoch: int = 0) -> Iterator[tuple[int, Any]]:
-    """Batches forever: each pass over the sampler is one epoch (the sampler re-shuffles per epoch)."""
-    epoch = start_epoch
-    while True:
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        produced = False
-        for batch in loader:
-            produced = True
-            yield epoch, batch
-        if not produced:
-            raise RuntimeError("the sampler produced no batch for a whole epoch; check the sampler's settings")
-        epoch += 1
 
 
 @torch.no_grad()
@@ -180,27 +171,47 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, splits: DatasetSplits, evalua
 
 # ----------------------------------------------------------------------------------------- the run
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Train and evaluate one configuration; writes everything into ``run_dir``. Returns final metrics."""
+    """Train and evaluate one configuration; rank 0 writes everything into ``run_dir``. Returns final metrics.
+
+    Under torchrun with ``trainer=ddp`` every rank calls this (npair.ddp says what changes with W ranks).
+    """
+    if cfg.trainer.threads:
+        torch.set_num_threads(int(cfg.trainer.threads))
+    ctx, device = ddp.setup(cfg.trainer, pick_device(str(cfg.trainer.device)))
+    try:
+        return train(cfg, Path(run_dir), ctx, device)
+    finally:
+        ddp.teardown(ctx)
+
+
+def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device) -> dict[str, float]:
     trainer = cfg.trainer
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    if trainer.threads:
-        torch.set_num_threads(int(trainer.threads))
-    device = pick_device(str(trainer.device))
+    resume = ddp.on_main(lambda: ckpt.plan(trainer.resume, run_dir), ctx)
+    if resume.completed is not None:
+        log.info("%s holds a completed run: left alone (trainer.resume=never trains it again)", run_dir)
+        return resume.completed
+    ddp.gather_negatives(cfg, ctx)
     amp_dtype = autocast_dtype(trainer.precision, device)
     seed_everything(int(cfg.seed), bool(trainer.deterministic))
 
-    splits: DatasetSplits = instantiate(cfg.dataset.build)
-    model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim)).to(device)
+    with ddp.main_process_first(ctx):
+        splits: DatasetSplits = instantiate(cfg.dataset.build)
+    per_rank_batch = guards.per_rank_batch(cfg.sampler, ctx.world_size)  # impossible combinations fail here,
+    guards.check_sampler_fits_data(cfg, splits)                          # before any file of the run exists
+    model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
+    if ctx.enabled and trainer.ddp.sync_batchnorm:
+        model = ddp.sync_batchnorm(model, device)
+    model = model.to(device)
     channels_last = device.type == "cuda" if trainer.channels_last == "auto" else bool(trainer.channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_kwargs = {"num_classes": splits.num_train_classes} if cfg.loss.get("num_classes", 0) is None else {}
     loss_fn: nn.Module = make(cfg.loss, **loss_kwargs).to(device)
-    sampler = make(cfg.sampler, labels=np.asarray(splits.train.labels), seed=int(cfg.seed))
+    sampler = make(cfg.sampler, labels=np.asarray(splits.train.labels), seed=int(cfg.seed), **per_rank_batch,
+                   num_replicas=ctx.world_size, rank=ctx.rank)
     check_compatible(loss_fn, sampler, cfg)
     evaluator = make(cfg.eval)
+    guards.check_eval_fits_data(cfg, evaluator, splits)
     optimizer = make(cfg.optimizer)(params=[p for m in (model, loss_fn) for p in m.parameters()])
     scheduler = make(cfg.scheduler)(optimizer=optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
@@ -213,11 +224,26 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             return torch.from_numpy(embedded.embeddings)
 
         sampler.set_embedder(embed_items)
+    batch_sampler = SkippingBatchSampler(sampler)
+    pin_memory = device.type == "cuda" if trainer.pin_memory == "auto" else bool(trainer.pin_memory)
     loader = torch.utils.data.DataLoader(
-        splits.train, batch_sampler=sampler, num_workers=int(trainer.num_workers),
-        pin_memory=device.type == "cuda", persistent_workers=int(trainer.num_workers) > 0,
-        generator=torch.Generator().manual_seed(int(cfg.seed)),
+        splits.train, batch_sampler=batch_sampler, num_workers=int(trainer.num_workers), pin_memory=pin_memory,
+        persistent_workers=int(trainer.num_workers) > 0, generator=torch.Generator().manual_seed(int(cfg.seed)),
     )
+    batches = BatchStream(loader, batch_sampler)
+    probe = Probe(splits.train, int(trainer.probe_classes), int(cfg.seed)) if trainer.probe_classes else None
+
+    step, state = 0, None  # resume: every state the uninterrupted run would have at this step
+    if resume.checkpoint is not None:
+        path = resume.checkpoint
+        state = ddp.on_main(lambda: ckpt.load(path), ctx)
+        ckpt.check_config(state, cfg, path, resume.explicit)
+        for module, key in ((model, "model"), (loss_fn, "loss"), (optimizer, "optimizer"), (scheduler, "scheduler"),
+                            (scaler, "scaler"), (sampler, "sampler"), (batches, "stream")):
+            ckpt.load_module(module, state[key], path, key)
+        step = int(state["step"])
+        log.info("resuming %s from %s at step %d (epoch %d, batch %d of it)", run_dir, path, step,
+                 batches.epoch, batches.position)
 
     header = {
         "name": cfg.name, "seed": int(cfg.seed), "config_hash": config_hash(cfg), "git": git_commit(),
@@ -225,92 +251,137 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "dataset": cfg.dataset.name, "loss": cfg.loss.name, "sampler": cfg.sampler.name,
         "n_train": len(splits.train), "n_test": len(splits.test), "protocol": splits.protocol,
-        "tags": list(cfg.get("tags", [])), "torch": torch.__version__,
+        "tags": list(cfg.get("tags", [])), "torch": torch.__version__, "world_size": ctx.world_size,
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "resumed_from_step": step if state is not None else None,
     }
-    logger = RunLogger(run_dir, cfg, header)
-    log.info("run %s: %s | %s | %s on %s (%d train / %d test images)", run_dir, cfg.loss.name, cfg.sampler.name,
-             cfg.dataset.name, header["device"], len(splits.train), len(splits.test))
+    if ctx.is_main:  # rank 0 alone writes the run directory and talks to W&B
+        atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+        carried_rows = ckpt.previous_train_rows(run_dir / "train_log.csv", step) if state is not None else []
+        logger: Any = RunLogger(run_dir, cfg, header)
+        if state is not None:
+            ckpt.restore_logger(logger, state, carried_rows)
+    else:
+        logger = ddp.SilentLogger()
+    log.info("run %s: %s | %s | %s on %s × %d (%d train / %d test images)", run_dir, cfg.loss.name,
+             cfg.sampler.name, cfg.dataset.name, header["device"], ctx.world_size, len(splits.train), len(splits.test))
 
+    train_model, train_loss = ddp.wrap(model, ctx, device), ddp.wrap(loss_fn, ctx, device)
+    if trainer.compile:
+        train_model = torch.compile(train_model)
+    loss_scale = ddp.loss_scale(loss_fn, ctx)  # W·L under gathered negatives: DDP averages W partial gradients
     max_steps, eval_every, log_every = int(trainer.max_steps), int(trainer.eval_every), int(trainer.log_every)
-    probe = Probe(splits.train, int(trainer.probe_classes), int(cfg.seed)) if trainer.probe_classes else None
+    checkpoint_every = int(trainer.checkpoint_every or 0)
     n_per_class = int(cfg.sampler.get("n_per_class", 2))
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    saved_step = step if state is not None else None
+    resolved_config, resolved_hash = OmegaConf.to_container(cfg, resolve=True), header["config_hash"]
 
     def checkpoint(step: int) -> None:
-        if trainer.save_checkpoint:
-            atomic_torch_save(run_dir / CHECKPOINT_FILE, {
+        """Every rank's RNG state to rank 0, which writes checkpoint.pt atomically (the old one stays if it fails)."""
+        nonlocal saved_step
+        if not trainer.save_checkpoint:
+            return
+        rng = ddp.gather_objects(ckpt.capture_rng(), ctx)
+        if ctx.is_main:
+            ckpt.save(run_dir / CHECKPOINT_FILE, {
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step,
-                "config": OmegaConf.to_container(cfg, resolve=True),
-            })
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
+                "stream": batches.state_dict(), "step": step, "history": logger.record["history"],
+                "elapsed_s": time.time() - logger.start, "config": resolved_config, "config_hash": resolved_hash,
+            }, rng)
+        saved_step = step
+
+    def kept() -> str:
+        if not trainer.save_checkpoint:
+            return "wrote no checkpoint (trainer.save_checkpoint=false)"
+        if saved_step is None:
+            return "had written no checkpoint yet"
+        return f"kept the last good checkpoint, {run_dir / CHECKPOINT_FILE} (step {saved_step})"
 
     def evaluate_and_log(step: int) -> dict[str, float]:
-        metrics = evaluate(model, loss_fn, splits, evaluator, cfg, device)
-        logger.log_eval(step, metrics)
-        log.info("step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        metrics: dict[str, float] = {}
+        if ctx.is_main:
+            metrics = evaluate(model, loss_fn, splits, evaluator, cfg, device)
+            logger.log_eval(step, metrics)
+            log.info("step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         checkpoint(step)
         return metrics
 
-    status, final, step = "completed", {}, 0
-    model.train()
-    batches = epochs(loader, sampler)
-    bar = tqdm(total=max_steps, desc=cfg.name, unit="step", disable=not trainer.progress_bar, dynamic_ncols=True,
-               mininterval=1.0)
+    if state is not None:  # last: everything above that drew random numbers has drawn them
+        ckpt.restore_rng(ckpt.rng_for_rank(state, ctx.rank))
+    status, final, done = "completed", {}, step
+    stop = ckpt.GracefulStop()
+    train_model.train()
+    bar = tqdm(total=max_steps, initial=step, desc=cfg.name, unit="step", dynamic_ncols=True, mininterval=1.0,
+               disable=not (trainer.progress_bar and ctx.is_main))
     window_start, window_images = time.perf_counter(), 0
     try:
-        if trainer.eval_at_start:
-            evaluate_and_log(0)
-        for step in range(1, max_steps + 1):
-            epoch, (images, labels) = next(batches)
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device, non_blocking=True)
-            with autocast():
-                embeddings = model(images)
-            loss = loss_fn(embeddings.float(), labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step}; "
-                                         "lower optimizer.lr or set trainer.grad_clip")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if trainer.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), float(trainer.grad_clip))
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            window_images += len(images)
-            if step % log_every == 0 or step == max_steps:
-                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                row = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                       "images_per_s": round(rate, 1),
-                       "batch_acc": batch_accuracy(embeddings, sampler.layout, n_per_class)}
-                if probe is not None:
-                    row.update(probe(model, device))
-                logger.log_train(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}")
-                window_start, window_images = time.perf_counter(), 0
-            bar.update(1)
-            if eval_every and step % eval_every == 0 and step < max_steps:
-                evaluate_and_log(step)
-        bar.close()
-        final = evaluate_and_log(max_steps)
+        with stop.installed():
+            if trainer.eval_at_start and step == 0:
+                evaluate_and_log(0)
+            for step in range(done + 1, max_steps + 1):
+                epoch, (images, labels) = next(batches)
+                images = images.to(device, non_blocking=True)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                labels = labels.to(device, non_blocking=True)
+                with autocast():
+                    embeddings = train_model(images)
+                loss = train_loss(embeddings.float(), labels)
+                guards.require_finite_loss(ddp.any_rank(not torch.isfinite(loss), ctx, device), loss, step, kept())
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss * loss_scale if loss_scale != 1 else loss).backward()
+                if trainer.grad_clip:
+                    scaler.unscale_(optimizer)
+                    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float(trainer.grad_clip))
+                else:
+                    grad_norm = guards.gradient_norm([model, loss_fn])
+                if not scaler.is_enabled():  # fp16: the scaler itself skips steps with inf/NaN gradients
+                    guards.require_finite_grad(grad_norm, step, kept())
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                done = step
+                window_images += len(images) * ctx.world_size
+                if step % log_every == 0 or step == max_steps:
+                    rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                    batch_loss = loss if loss_scale != 1 else ddp.mean_over_ranks(loss, ctx)  # the global batch's
+                    global_batch = npd.gather_no_grad(embeddings.detach().float()) if ctx.enabled else embeddings
+                    row = {"step": step, "epoch": epoch, "loss": batch_loss.item(), "lr": scheduler.get_last_lr()[0],
+                           "images_per_s": round(rate, 1),
+                           "batch_acc": batch_accuracy(global_batch, sampler.layout, n_per_class)}
+                    if probe is not None and ctx.is_main:
+                        row.update(probe(model, device))
+                    logger.log_train(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}")
+                    window_start, window_images = time.perf_counter(), 0
+                bar.update(1)
+                if eval_every and step % eval_every == 0 and step < max_steps:
+                    evaluate_and_log(step)
+                elif checkpoint_every and step % checkpoint_every == 0 and step < max_steps:
+                    checkpoint(step)
+                if ddp.any_rank(stop.requested is not None, ctx, device):  # SIGINT/SIGTERM: stop cleanly
+                    if saved_step != step:
+                        checkpoint(step)
+                    raise KeyboardInterrupt
+            bar.close()
+            final = evaluate_and_log(max_steps)
     except KeyboardInterrupt:
         bar.close()
         status = "interrupted"
         final = dict(logger.record["history"][-1]) if logger.record["history"] else {}
         final.pop("step", None)
-        checkpoint(step)
-        log.warning("interrupted at step %d: wrote %s and the last checkpoint", step, run_dir / "metrics.json")
-    except BaseException:
+        log.warning("interrupted after step %d: the run %s; resume with the same command and hydra.run.dir=%s",
+                    done, kept(), run_dir)
+    except BaseException as err:
         bar.close()
-        logger.finish("failed", {}, {"steps_done": step})
+        logger.finish("failed", {}, {"steps_done": done, "error": f"{type(err).__name__}: {err}"})
         raise
-    logger.finish(status, final, {"steps_done": step})
+    logger.finish(status, final, {"steps_done": done})
     if status == "interrupted":
         raise KeyboardInterrupt
-    return final
+    return ddp.broadcast_object(final, ctx)
 
 
 def describe_device(device: torch.device) -> str:
@@ -332,4 +403,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # Call the task function of the importable module, not of __main__, so launchers that pickle it
+    # (joblib, submitit) pickle a reference instead of this module's globals.
+    from npair.train import main as task
+
+    task()

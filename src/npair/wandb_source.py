@@ -1,11 +1,11 @@
-"""Run records from Weights & Biases: the W&B project (``fetch_records``) or offline run files (``offline_records``).
+"""Run records from W&B: a W&B project (``fetch_records``) or offline run files (``offline_records``).
 
 Each record has the shape of a run's ``metrics.json`` as far as the table builder reads it::
 
     {"name": "<table>/<row>",  # the W&B group = cfg.name (experiment name)
      "seed": 0, "status": "completed" | "running" | "failed" | "interrupted" | "incomplete",
      "final": {"recall@1": 0.53, ...}, "config_hash": "...", "similarity": "cosine",
-     "history": [{"step": 200, "recall@1": ...}, ...],   # offline records, or fetch_records(with_history=True)
+     "history": [{"step": 200, "recall@1": ...}, ...],  # offline, or fetch_records(with_history=True)
      "source": "wandb", "wandb": {"id", "path", "state", "group", "tags", "created_at"}, ...}
 
 ``select_record(records, name, seed)`` picks the run the table builder should use for one table cell.
@@ -36,8 +36,16 @@ BLOCK_SIZE = 32 * 1024
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 # W&B run state -> metrics.json status, used when the summary has no status written by RunLogger.finish.
-STATE_STATUS = {"finished": "completed", "running": "running", "pending": "running", "crashed": "failed",
-                "failed": "failed", "killed": "interrupted", "preempting": "interrupted", "preempted": "interrupted"}
+STATE_STATUS = {
+    "finished": "completed",
+    "running": "running",
+    "pending": "running",
+    "crashed": "failed",
+    "failed": "failed",
+    "killed": "interrupted",
+    "preempting": "interrupted",
+    "preempted": "interrupted",
+}
 FINAL_STATUSES = ("completed", "failed", "interrupted")
 
 
@@ -81,7 +89,9 @@ def read_chunks(data: bytes, source: str = "<bytes>") -> Iterator[bytes]:
             yield bytes(pending + chunk)
             pending = None
         else:
-            raise ValueError(f"{source}: unexpected chunk type {kind} at byte {pos - length - CHUNK_HEADER.size}")
+            raise ValueError(
+                f"{source}: unexpected chunk type {kind} at byte {pos - length - CHUNK_HEADER.size}"
+            )
 
 
 def read_wandb_file(path: str | Path) -> list[Any]:
@@ -189,7 +199,9 @@ def find_offline_runs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         if path.is_file() and path.suffix == ".wandb":
             found.append(path)
         elif path.is_dir():
-            found.extend(p for p in sorted(path.rglob("run-*.wandb")) if p.parent.name.startswith("offline-run-"))
+            found.extend(
+                p for p in sorted(path.rglob("run-*.wandb")) if p.parent.name.startswith("offline-run-")
+            )
         else:
             raise FileNotFoundError(f"{path}: no such W&B run file or directory")
     return sorted(set(found))
@@ -200,17 +212,21 @@ def eval_history(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """metrics.json-style history from W&B history rows: ``{"step": s, <metric>: value}`` per evaluation."""
     history = []
     for row in rows:
-        metrics = {k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/") and v is not None}
+        metrics = {k[len("eval/") :]: v for k, v in row.items() if k.startswith("eval/") and v is not None}
         if metrics:
             history.append({"step": int(row.get("_step", 0)), **metrics})
     return history
 
 
-def record_from_run(group: str | None, config: dict[str, Any], summary: dict[str, Any], state: str | None,
-                    **wandb_info: Any) -> dict[str, Any]:
+def record_from_run(
+    group: str | None, config: dict[str, Any], summary: dict[str, Any], state: str | None, **wandb_info: Any
+) -> dict[str, Any]:
     """One metrics.json-like record from the parts of a W&B run (public API or offline file)."""
-    final = {k[len("final/"):]: float(v) for k, v in summary.items()
-             if k.startswith("final/") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    final = {
+        k[len("final/") :]: float(v)
+        for k, v in summary.items()
+        if k.startswith("final/") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     status = summary.get("status")
     if status not in FINAL_STATUSES:
         status = STATE_STATUS.get(str(state), "incomplete")
@@ -239,9 +255,17 @@ def offline_records(paths: str | Path | Iterable[str | Path]) -> list[dict[str, 
     records = []
     for file in find_offline_runs(paths):
         run = read_offline_run(file)
-        record = record_from_run(run.group, run.config, run.summary, run.state, id=run.run_id,
-                                 path=str(run.path.parent), tags=run.tags, created_at=run.created_at,
-                                 project=run.project)
+        record = record_from_run(
+            run.group,
+            run.config,
+            run.summary,
+            run.state,
+            id=run.run_id,
+            path=str(run.path.parent),
+            tags=run.tags,
+            created_at=run.created_at,
+            project=run.project,
+        )
         record["history"] = eval_history(run.history)
         records.append(record)
     return sorted(records, key=lambda r: r["wandb"]["created_at"] or "")
@@ -256,8 +280,13 @@ def _as_dict(mapping: Any) -> dict[str, Any]:
     return dict(raw) if isinstance(raw, dict) else dict(mapping.items())
 
 
-def fetch_records(project: str, entity: str | None = None, api: Any = None, filters: dict[str, Any] | None = None,
-                  with_history: bool = False) -> list[dict[str, Any]]:
+def fetch_records(
+    project: str,
+    entity: str | None = None,
+    api: Any = None,
+    filters: dict[str, Any] | None = None,
+    with_history: bool = False,
+) -> list[dict[str, Any]]:
     """Records of the runs of a W&B project (``entity/project``), oldest first.
 
     ``api`` defaults to ``wandb.Api()`` (needs credentials; never prompts); anything with
@@ -272,24 +301,39 @@ def fetch_records(project: str, entity: str | None = None, api: Any = None, filt
     path = f"{entity}/{project}" if entity else project
     records = []
     for run in api.runs(path, filters=filters or None):
-        info = {"id": getattr(run, "id", None), "path": "/".join(getattr(run, "path", []) or []) or None,
-                "url": getattr(run, "url", None), "tags": list(getattr(run, "tags", []) or []),
-                "created_at": _utc(getattr(run, "created_at", None)), "project": project}
-        record = record_from_run(getattr(run, "group", None), _as_dict(run.config), _as_dict(run.summary),
-                                 getattr(run, "state", None), **info)
+        info = {
+            "id": getattr(run, "id", None),
+            "path": "/".join(getattr(run, "path", []) or []) or None,
+            "url": getattr(run, "url", None),
+            "tags": list(getattr(run, "tags", []) or []),
+            "created_at": _utc(getattr(run, "created_at", None)),
+            "project": project,
+        }
+        record = record_from_run(
+            getattr(run, "group", None),
+            _as_dict(run.config),
+            _as_dict(run.summary),
+            getattr(run, "state", None),
+            **info,
+        )
         if with_history:
             record["history"] = eval_history(run.scan_history())
         records.append(record)
     return sorted(records, key=lambda r: str(r["wandb"]["created_at"] or ""))
 
 
-def select_record(records: Iterable[dict[str, Any]], name: str, seed: int,
-                  config_hash: str | None = None) -> dict[str, Any] | None:
+def select_record(
+    records: Iterable[dict[str, Any]], name: str, seed: int, config_hash: str | None = None
+) -> dict[str, Any] | None:
     """The record for one (experiment name, seed) cell: the latest completed run with that name and seed
     (and config hash, when given); None when there is none. Records are assumed oldest first."""
     chosen = None
     for record in records:
-        if record.get("name") != name or record.get("seed") != int(seed) or record.get("status") != "completed":
+        if (
+            record.get("name") != name
+            or record.get("seed") != int(seed)
+            or record.get("status") != "completed"
+        ):
             continue
         if config_hash is not None and record.get("config_hash") != config_hash:
             continue

@@ -19,7 +19,9 @@ BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
 
 def clustered(n=400, classes=25, dim=16, noise=1.0, seed=0):
     rng = np.random.default_rng(seed)
-    labels = np.concatenate([np.arange(classes), np.arange(classes), rng.integers(0, classes, n - 2 * classes)])
+    labels = np.concatenate(
+        [np.arange(classes), np.arange(classes), rng.integers(0, classes, n - 2 * classes)]
+    )
     labels = labels[rng.permutation(n)]
     x = rng.normal(size=(classes, dim))[labels] + noise * rng.normal(size=(n, dim))
     return x.astype(np.float32), labels
@@ -61,9 +63,9 @@ def _positional_recall_at_1(x, labels):
 @pytest.mark.parametrize("make", [clustered, with_duplicates])
 def test_recall_at_1_and_map_at_r_equal_pml(backend, similarity, make):
     x, labels = make()
-    ours = Evaluator(metrics=["recall", "map_at_r", "r_precision"], ks=[1], similarity=similarity, backend=backend)(
-        EmbeddingSet(x, labels)
-    )
+    ours = Evaluator(
+        metrics=["recall", "map_at_r", "r_precision"], ks=[1], similarity=similarity, backend=backend
+    )(EmbeddingSet(x, labels))
     pml = _pml(x, labels, similarity)
     assert ours["recall@1"] == pytest.approx(pml["precision_at_1"], abs=1e-12)
     assert ours["map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-12)
@@ -73,13 +75,27 @@ def test_recall_at_1_and_map_at_r_equal_pml(backend, similarity, make):
 def test_duplicates_make_positional_exclusion_differ():
     """The duplicate fixture is one where dropping rank 0 gives a different (wrong) Recall@1."""
     x, labels = with_duplicates()
-    ours = Evaluator(metrics=["recall"], ks=[1], similarity="euclidean", backend="torch")(EmbeddingSet(x, labels))
+    ours = Evaluator(metrics=["recall"], ks=[1], similarity="euclidean", backend="torch")(
+        EmbeddingSet(x, labels)
+    )
     assert _positional_recall_at_1(x, labels) != pytest.approx(ours["recall@1"])
 
 
 def _all_metric_evaluator(backend, similarity):
     return Evaluator(
-        metrics=["recall", "map_at_r", "r_precision", "nmi", "f1", "knn_acc", "vrf", "softmax_acc"],
+        metrics=[
+            "recall",
+            "map_at_r",
+            "r_precision",
+            "nmi",
+            "f1",
+            "knn_acc",
+            "vrf",
+            "softmax_acc",
+            "lfw_pairs",
+            "closed_set_rank1",
+            "open_set_dir",
+        ],
         ks=[1, 2, 4, 8, 16],
         similarity=similarity,
         backend=backend,
@@ -97,11 +113,21 @@ def _all_metric_evaluator(backend, similarity):
 def test_faiss_and_torch_backends_agree_on_all_metrics(similarity):
     x, labels = clustered(seed=4)
     xr, labels_r = clustered(n=300, seed=5)
-    logits = np.random.default_rng(0).normal(size=(len(x), 25))
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(x), 25))
+    i, j = rng.integers(0, len(x), (2, 200))
+    extras = {
+        "pairs": np.stack([i, j, labels[i] == labels[j], np.arange(200) % 10], axis=1).astype(np.int64),
+        "gallery": [np.flatnonzero(labels < 15)[::3], np.flatnonzero(labels < 10)[::2]],
+    }
+    extras["probes"] = [np.setdiff1d(np.arange(len(x)), g)[::2] for g in extras["gallery"]]
     results = [
-        _all_metric_evaluator(b, similarity)(EmbeddingSet(x, labels, logits), reference=EmbeddingSet(xr, labels_r))
+        _all_metric_evaluator(b, similarity)(
+            EmbeddingSet(x, labels, logits), reference=EmbeddingSet(xr, labels_r), extras=extras
+        )
         for b in ("torch", "faiss")
     ]
+    assert {"lfw_acc", "rank1", "dir@far=1%", "knn_acc", "vrf_neg5", "map@r", "f1"} <= set(results[0])
     assert results[0].keys() == results[1].keys()
     for key in results[0]:
         assert results[0][key] == pytest.approx(results[1][key], abs=1e-6), key
@@ -188,7 +214,9 @@ def test_singleton_queries_are_excluded_and_counted():
     hits = labels[nearest] == labels[keep, None]
     assert result["recall@1"] == pytest.approx(hits[:, 0].mean())
     assert result["recall@4"] == pytest.approx(hits.any(1).mean())
-    with pytest.raises(ValueError, match="2 test queries belong to classes with a single test item.*label 98"):
+    with pytest.raises(
+        ValueError, match="2 test queries belong to classes with a single test item.*label 98"
+    ):
         Evaluator(metrics=["recall"], singleton_queries="error")(EmbeddingSet(x, labels))
 
 

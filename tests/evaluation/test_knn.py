@@ -145,8 +145,9 @@ def test_iter_retrieval_first_hit_rank_is_exact(backend, similarity):
     prepared = prepare_embeddings(x, similarity)
     expected = _first_hit_from_full_ranking(prepared, labels, similarity)
     first = np.empty(250, dtype=np.int64)
-    for start, f, m in iter_retrieval(prepared, labels, k_top=3, k_first_hit=249, similarity=similarity,
-                                      backend=backend, chunk_size=60):
+    for start, f, m in iter_retrieval(
+        prepared, labels, k_top=3, k_first_hit=249, similarity=similarity, backend=backend, chunk_size=60
+    ):
         first[start : start + len(f)] = f
         assert m.shape == (len(f), 3)
     has_positive = np.bincount(labels, minlength=labels.max() + 1)[labels] > 1

@@ -42,10 +42,14 @@ def test_docstring_examples(module):
 
 def test_recall_at_k_hand_fixture():
     # neighbour labels of 4 queries (labels 0, 1, 2, 0), 4 neighbours each
-    neighbour_labels = np.array([[0, 1, 1, 2],   # hit at rank 1
-                                 [2, 2, 1, 1],   # first hit at rank 3
-                                 [0, 1, 0, 1],   # never
-                                 [1, 0, 0, 0]])  # first hit at rank 2
+    neighbour_labels = np.array(
+        [
+            [0, 1, 1, 2],  # hit at rank 1
+            [2, 2, 1, 1],  # first hit at rank 3
+            [0, 1, 0, 1],  # never
+            [1, 0, 0, 0],  # first hit at rank 2
+        ]
+    )
     m = neighbour_matches(np.array([0, 1, 2, 0]), neighbour_labels)
     assert first_hit_rank(m).tolist() == [0, 2, 4, 1]
     assert recall_at_k(m, [1, 2, 3, 4]) == {1: 0.25, 2: 0.5, 3: 0.75, 4: 0.75}
@@ -57,9 +61,13 @@ def test_recall_k_beyond_neighbours_is_an_error():
 
 
 def test_map_at_r_and_r_precision_hand_fixture():
-    m = np.array([[True, False, True, True],     # R=3: AP = (1/1 + 2/3)/3 = 5/9; R-prec = 2/3
-                  [False, True, False, False],   # R=2: AP = (1/2)/2 = 1/4;      R-prec = 1/2
-                  [False, False, False, True]])  # R=1: AP = 0;                  R-prec = 0
+    m = np.array(
+        [
+            [True, False, True, True],  # R=3: AP = (1/1 + 2/3)/3 = 5/9; R-prec = 2/3
+            [False, True, False, False],  # R=2: AP = (1/2)/2 = 1/4;      R-prec = 1/2
+            [False, False, False, True],  # R=1: AP = 0;                  R-prec = 0
+        ]
+    )
     r = np.array([3, 2, 1])
     np.testing.assert_allclose(average_precision_at_r_per_query(m, r), [5 / 9, 1 / 4, 0])
     assert map_at_r(m, r) == pytest.approx((5 / 9 + 1 / 4 + 0) / 3)
@@ -82,18 +90,26 @@ def test_positives_per_query():
 
 
 def test_majority_vote_tie_break_prefers_nearest_tied_class():
-    labels = np.array([[4, 7, 7, 4, 9],    # 4 and 7 tie at 2 votes; 4 appears first -> 4
-                       [9, 7, 7, 4, 4],    # 7 and 4 tie; 7 appears first -> 7
-                       [1, 2, 3, 4, 5],    # all tie -> nearest, 1
-                       [2, 3, 3, 3, 2]])   # 3 wins 3:2
+    labels = np.array(
+        [
+            [4, 7, 7, 4, 9],  # 4 and 7 tie at 2 votes; 4 appears first -> 4
+            [9, 7, 7, 4, 4],  # 7 and 4 tie; 7 appears first -> 7
+            [1, 2, 3, 4, 5],  # all tie -> nearest, 1
+            [2, 3, 3, 3, 2],  # 3 wins 3:2
+        ]
+    )
     assert majority_vote(labels, 5).tolist() == [4, 7, 1, 3]
     assert majority_vote(labels, 1).tolist() == [4, 9, 1, 2]
     assert majority_vote(labels, 3).tolist() == [7, 7, 1, 3]
 
 
 def test_knn_accuracy_and_logits_accuracy():
-    assert knn_accuracy(np.array([[1, 2, 2], [1, 1, 2], [3, 3, 3]]), np.array([2, 2, 3]), 3) == pytest.approx(2 / 3)
-    assert logits_accuracy(np.array([[0.0, 1.0], [1.0, 1.0], [3.0, -1.0]]), np.array([1, 1, 0])) == pytest.approx(2 / 3)
+    assert knn_accuracy(np.array([[1, 2, 2], [1, 1, 2], [3, 3, 3]]), np.array([2, 2, 3]), 3) == pytest.approx(
+        2 / 3
+    )
+    assert logits_accuracy(
+        np.array([[0.0, 1.0], [1.0, 1.0], [3.0, -1.0]]), np.array([1, 1, 0])
+    ) == pytest.approx(2 / 3)
 
 
 # ---------------------------------------------------------------- clustering, by hand and vs scikit-learn
@@ -124,7 +140,9 @@ def _sklearn_pair_f1(a, b):
 
 def _song_f1(classes, clusters):
     """Song et al.'s P/R formulation from raw loops (independent of the contingency code)."""
-    tp = sum(comb(int(np.sum((classes == c) & (clusters == k))), 2) for c in set(classes) for k in set(clusters))
+    tp = sum(
+        comb(int(np.sum((classes == c) & (clusters == k))), 2) for c in set(classes) for k in set(clusters)
+    )
     pairs_clusters = sum(comb(int(np.sum(clusters == k)), 2) for k in set(clusters))
     pairs_classes = sum(comb(int(np.sum(classes == c)), 2) for c in set(classes))
     p, r = tp / pairs_clusters, tp / pairs_classes
@@ -153,7 +171,9 @@ def test_f1_is_one_only_for_identical_partitions():
     assert pair_f1(classes, classes + 7) == 1.0
     for clusters in itertools.islice(itertools.product(range(3), repeat=6), 0, 729, 37):
         clusters = np.array(clusters)
-        same_partition = len(set(zip(classes, clusters))) == len(set(classes)) == len(set(clusters))
+        same_partition = (
+            len(set(zip(classes, clusters, strict=True))) == len(set(classes)) == len(set(clusters))
+        )
         assert (pair_f1(classes, clusters) == pytest.approx(1.0)) == same_partition
 
 

@@ -49,16 +49,22 @@ class EmbeddingSet:
             raise ValueError(f"EmbeddingSet: labels must be 1-D (n,), got shape {labels.shape}")
         if labels.size and not np.issubdtype(labels.dtype, np.integer):
             if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-                raise ValueError(f"EmbeddingSet: labels must be integers, got dtype {labels.dtype} with non-integral values")
+                raise ValueError(
+                    f"EmbeddingSet: labels must be integers, got dtype {labels.dtype} "
+                    "with non-integral values"
+                )
         self.labels = labels.astype(np.int64)
         if len(self.labels) != len(self.embeddings):
             raise ValueError(
-                f"EmbeddingSet: {len(self.embeddings)} embeddings but {len(self.labels)} labels; they must match one to one"
+                f"EmbeddingSet: {len(self.embeddings)} embeddings but {len(self.labels)} labels; "
+                "they must match one to one"
             )
         if self.logits is not None:
             logits = _to_numpy(self.logits)
             if logits.ndim != 2 or len(logits) != len(self.labels):
-                raise ValueError(f"EmbeddingSet: logits shape {logits.shape} does not match {len(self.labels)} items")
+                raise ValueError(
+                    f"EmbeddingSet: logits shape {logits.shape} does not match {len(self.labels)} items"
+                )
             self.logits = np.ascontiguousarray(logits, dtype=np.float32)
 
     def __len__(self) -> int:

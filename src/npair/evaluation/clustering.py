@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .knn import faiss_available
+from .knn import faiss_available, faiss_gpu_available
 from .metrics import mean_and_standard_error, nmi, pair_f1
 
 KMEANS_BACKENDS = ("auto", "torch", "faiss", "sklearn")
@@ -78,6 +78,7 @@ def kmeans(
             max_points_per_centroid=max(n, 1),
             min_points_per_centroid=1,
             verbose=False,
+            gpu=1 if str(device).startswith("cuda") and faiss_gpu_available() else False,  # one GPU
         )
         km.train(x)
         _, assignment = km.index.search(x, 1)

@@ -38,7 +38,9 @@ def embed_dataset(
             for images, batch_labels in loader:
                 out = model(images.to(device))
                 if not isinstance(out, torch.Tensor):
-                    raise TypeError(f"model returned {type(out).__name__}; embed_dataset expects a (B, D) tensor")
+                    raise TypeError(
+                        f"model returned {type(out).__name__}; embed_dataset expects a (B, D) tensor"
+                    )
                 embeddings.append(out.float().cpu().numpy())
                 labels.append(torch.as_tensor(batch_labels).cpu().numpy())
                 if logits_fn is not None:
@@ -55,6 +57,7 @@ def embed_dataset(
     expected = getattr(dataset, "labels", None)
     if expected is not None and not np.array_equal(np.asarray(expected, dtype=np.int64), result.labels):
         raise ValueError(
-            f"embed_dataset: labels yielded by {type(dataset).__name__}.__getitem__ differ from its .labels array"
+            f"embed_dataset: labels yielded by {type(dataset).__name__}.__getitem__ "
+            "differ from its .labels array"
         )
     return result

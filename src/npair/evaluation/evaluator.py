@@ -161,7 +161,9 @@ class Evaluator:
         if needs_reference is None:
             needs_reference = derived
         if derived and not needs_reference:
-            raise ValueError("metric knn_acc needs the reference (training) embeddings: set needs_reference: true")
+            raise ValueError(
+                "metric knn_acc needs the reference (training) embeddings: set needs_reference: true"
+            )
         self.needs_reference = bool(needs_reference)
 
     # ------------------------------------------------------------------------------
@@ -190,12 +192,21 @@ class Evaluator:
             wanted = [m for m in ("nmi", "f1") if m in self.metrics]
             out.update(
                 clustering_scores(
-                    x, labels, seeds=self.kmeans_seeds, niter=self.kmeans_niter,
-                    backend=self.kmeans_backend, device=self.device, metrics=wanted,
+                    x,
+                    labels,
+                    seeds=self.kmeans_seeds,
+                    niter=self.kmeans_niter,
+                    backend=self.kmeans_backend,
+                    device=self.device,
+                    metrics=wanted,
                 )
             )
-            meta.update(kmeans_seeds=list(self.kmeans_seeds), kmeans_niter=self.kmeans_niter,
-                        kmeans_backend=self.kmeans_backend, kmeans_k=test.num_classes)
+            meta.update(
+                kmeans_seeds=list(self.kmeans_seeds),
+                kmeans_niter=self.kmeans_niter,
+                kmeans_backend=self.kmeans_backend,
+                kmeans_k=test.num_classes,
+            )
         if "knn_acc" in self.metrics:
             out["knn_acc"] = self._knn_accuracy(x, labels, reference, meta)
         if "softmax_acc" in self.metrics:
@@ -206,15 +217,25 @@ class Evaluator:
         if "vrf" in self.metrics:
             from .verification import vrf_scores
 
-            out.update(vrf_scores(x, labels, self.vrf_negatives, seeds=self.vrf_seeds, similarity=self.similarity))
+            out.update(
+                vrf_scores(x, labels, self.vrf_negatives, seeds=self.vrf_seeds, similarity=self.similarity)
+            )
             meta["vrf_seeds"] = list(self.vrf_seeds)
         from .faces import FACE_PROTOCOLS, face_scores
 
         face_metrics = [m for m in self.metrics if m in FACE_PROTOCOLS]
         if face_metrics:
             out.update(
-                face_scores(x, labels, extras, face_metrics, similarity=self.similarity, far=self.far,
-                            backend=self.backend, device=self.device)
+                face_scores(
+                    x,
+                    labels,
+                    extras,
+                    face_metrics,
+                    similarity=self.similarity,
+                    far=self.far,
+                    backend=self.backend,
+                    device=self.device,
+                )
             )
         meta["seconds"] = time.perf_counter() - t0
         return EvalResult(out, meta)
@@ -248,8 +269,14 @@ class Evaluator:
         ap = np.full(n, np.nan)
         rp = np.full(n, np.nan)
         for start, first, matches in iter_retrieval(
-            x, labels, k_top=k_top, k_first_hit=k_first_hit, similarity=self.similarity,
-            backend=self.backend, device=self.device, chunk_size=self.chunk_size,
+            x,
+            labels,
+            k_top=k_top,
+            k_first_hit=k_first_hit,
+            similarity=self.similarity,
+            backend=self.backend,
+            device=self.device,
+            chunk_size=self.chunk_size,
         ):
             rows = slice(start, start + len(first))
             first_hit[rows] = first
@@ -279,7 +306,8 @@ class Evaluator:
         """kNN recognition (seen-class protocol): test queries vote over the reference set."""
         if reference is None:
             raise ValueError(
-                "metric knn_acc needs reference embeddings (the training split): call evaluator(test, reference=...)"
+                "metric knn_acc needs reference embeddings (the training split): "
+                "call evaluator(test, reference=...)"
             )
         ref = prepare_embeddings(reference.embeddings, self.similarity, "reference embeddings")
         if ref.shape[1] != x.shape[1]:
@@ -288,8 +316,14 @@ class Evaluator:
             raise ValueError(f"knn_k={self.knn_k} exceeds the {len(ref)} reference items")
         correct = 0
         for start, _, idx in iter_knn(
-            x, ref, self.knn_k, similarity=self.similarity, backend=self.backend, device=self.device,
-            chunk_size=self.chunk_size, prepared=True,
+            x,
+            ref,
+            self.knn_k,
+            similarity=self.similarity,
+            backend=self.backend,
+            device=self.device,
+            chunk_size=self.chunk_size,
+            prepared=True,
         ):
             predicted = majority_vote(reference.labels[idx], self.knn_k)
             correct += int((predicted == labels[start : start + len(idx)]).sum())

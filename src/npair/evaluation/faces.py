@@ -11,8 +11,9 @@ split (the order of ``EmbeddingSet.embeddings``):
     agree with the test labels (checked).
 ``extras["gallery"]``, ``extras["probes"]``
     either one 1-D int array each (a single trial) or equally long lists of 1-D int
-    arrays (one per trial; BLUFR has 10). A probe whose label occurs in the trial's
-    gallery is *genuine* (mated), otherwise an *impostor* (non-mated).
+    arrays (one per trial; BLUFR has 10). Gallery and probes of a trial must be disjoint
+    (checked). A probe whose label occurs in the trial's gallery is *genuine* (mated),
+    otherwise an *impostor* (non-mated).
 
 Protocols (registered in :data:`FACE_PROTOCOLS`; add one with :func:`register`):
 
@@ -97,7 +98,9 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     return float((s[c - 1] + s[c]) / 2)
 
 
-def kfold_verification(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def kfold_verification(
+    scores: np.ndarray, same: np.ndarray, folds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-fold accuracy and threshold: each fold is scored at the threshold chosen on
     all *other* folds (LFW View 2 protocol).
 
@@ -134,7 +137,11 @@ def rank1_identification(top1_labels: np.ndarray, probe_labels: np.ndarray, genu
 
 
 def dir_at_far(
-    top1_scores: np.ndarray, top1_labels: np.ndarray, probe_labels: np.ndarray, genuine: np.ndarray, far: float
+    top1_scores: np.ndarray,
+    top1_labels: np.ndarray,
+    probe_labels: np.ndarray,
+    genuine: np.ndarray,
+    far: float,
 ) -> float:
     """Open-set detection-and-identification rate at a false-accept rate (rank 1).
 
@@ -175,15 +182,21 @@ def _require(extras: dict[str, Any], key: str, protocol: str) -> Any:
 def _check_indices(idx: np.ndarray, n: int, what: str) -> np.ndarray:
     idx = np.asarray(idx)
     if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= n):
-        raise ValueError(f"{what}: indices must be integers in [0, {n}), got range [{idx.min()}, {idx.max()}]")
+        raise ValueError(
+            f"{what}: indices must be integers in [0, {n}), got range [{idx.min()}, {idx.max()}]"
+        )
     return idx.astype(np.int64)
 
 
 @register("lfw_pairs")
-def lfw_pairs(x: np.ndarray, labels: np.ndarray, extras: dict[str, Any], *, similarity: str, **_: Any) -> dict[str, float]:
+def lfw_pairs(
+    x: np.ndarray, labels: np.ndarray, extras: dict[str, Any], *, similarity: str, **_: Any
+) -> dict[str, float]:
     pairs = np.asarray(_require(extras, "pairs", "lfw_pairs"))
     if pairs.ndim != 2 or pairs.shape[1] != 4:
-        raise ValueError(f"extras['pairs'] must be an int array (P, 4) of (i, j, same, fold), got shape {pairs.shape}")
+        raise ValueError(
+            f"extras['pairs'] must be an int array (P, 4) of (i, j, same, fold), got shape {pairs.shape}"
+        )
     i = _check_indices(pairs[:, 0], len(x), "extras['pairs'][:, 0]")
     j = _check_indices(pairs[:, 1], len(x), "extras['pairs'][:, 1]")
     same = pairs[:, 2].astype(bool)
@@ -201,30 +214,52 @@ def lfw_pairs(x: np.ndarray, labels: np.ndarray, extras: dict[str, Any], *, simi
 def _trials(extras: dict[str, Any], protocol: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     gallery = _require(extras, "gallery", protocol)
     probes = _require(extras, "probes", protocol)
-    single = isinstance(gallery, np.ndarray) and gallery.ndim == 1 and np.issubdtype(gallery.dtype, np.integer)
+    single = (
+        isinstance(gallery, np.ndarray) and gallery.ndim == 1 and np.issubdtype(gallery.dtype, np.integer)
+    )
     if single or (isinstance(gallery, Sequence) and len(gallery) and np.isscalar(gallery[0])):
         gallery, probes = [gallery], [probes]
     if len(gallery) != len(probes):
-        raise ValueError(f"extras: {len(gallery)} gallery lists but {len(probes)} probe lists (one each per trial)")
-    return [
-        (_check_indices(g, n, f"extras['gallery'][{t}]"), _check_indices(p, n, f"extras['probes'][{t}]"))
-        for t, (g, p) in enumerate(zip(gallery, probes))
-    ]
+        raise ValueError(
+            f"extras: {len(gallery)} gallery lists but {len(probes)} probe lists (one each per trial)"
+        )
+    trials = []
+    for t, (g, p) in enumerate(zip(gallery, probes, strict=True)):
+        g = _check_indices(g, n, f"extras['gallery'][{t}]")
+        p = _check_indices(p, n, f"extras['probes'][{t}]")
+        shared = np.intersect1d(g, p)
+        if shared.size:
+            raise ValueError(
+                f"extras trial {t}: {shared.size} images are both gallery and probe "
+                f"(e.g. index {shared[0]}); "
+                "a probe would find itself"
+            )
+        trials.append((g, p))
+    return trials
 
 
 def _top1(x: np.ndarray, gallery: np.ndarray, probes: np.ndarray, similarity: str, backend: str, device: str):
     scores = np.empty(len(probes), dtype=np.float64)
     nearest = np.empty(len(probes), dtype=np.int64)
-    for start, s, idx in iter_knn(x[probes], x[gallery], 1, similarity=similarity, backend=backend,
-                                  device=device, prepared=True):
+    for start, s, idx in iter_knn(
+        x[probes], x[gallery], 1, similarity=similarity, backend=backend, device=device, prepared=True
+    ):
         scores[start : start + len(s)] = s[:, 0]
         nearest[start : start + len(s)] = gallery[idx[:, 0]]
     return scores, nearest
 
 
 def _identification(
-    x: np.ndarray, labels: np.ndarray, extras: dict[str, Any], protocol: str, *, similarity: str, far: float,
-    backend: str = "auto", device: str = "cpu", **_: Any,
+    x: np.ndarray,
+    labels: np.ndarray,
+    extras: dict[str, Any],
+    protocol: str,
+    *,
+    similarity: str,
+    far: float,
+    backend: str = "auto",
+    device: str = "cpu",
+    **_: Any,
 ) -> dict[str, float]:
     values = []
     for gallery, probes in _trials(extras, protocol, len(x)):

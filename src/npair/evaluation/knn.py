@@ -46,7 +46,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -135,11 +134,17 @@ def resolve_backend(backend: str, device: str, k: int) -> str:
     if backend == "torch":
         return "torch"
     if not faiss_available():
-        raise ImportError("backend='faiss' needs the faiss package (pip install faiss-cpu), or use backend=torch")
+        raise ImportError(
+            "backend='faiss' needs the faiss package (pip install faiss-cpu), or use backend=torch"
+        )
     if str(device).startswith("cuda"):
         if faiss_gpu_available() and k <= FAISS_GPU_MAX_K:
             return "faiss-gpu"
-        why = f"k={k} > {FAISS_GPU_MAX_K} (faiss-GPU limit)" if faiss_gpu_available() else "faiss has no GPU support"
+        why = (
+            f"k={k} > {FAISS_GPU_MAX_K} (faiss-GPU limit)"
+            if faiss_gpu_available()
+            else "faiss has no GPU support"
+        )
         log.warning("kNN on %s: %s; using the torch backend on the same device", device, why)
         return "torch"
     return "faiss-cpu"
@@ -188,14 +193,17 @@ def iter_knn(
     if query.shape[1] != reference.shape[1]:
         raise ValueError(f"query dimension {query.shape[1]} != reference dimension {reference.shape[1]}")
     if exclude_self and len(query) > len(reference):
-        raise ValueError(f"exclude_self needs query ⊂ reference, got {len(query)} queries > {len(reference)} references")
+        raise ValueError(
+            f"exclude_self needs query ⊂ reference, got {len(query)} queries > {len(reference)} references"
+        )
     _check_k(k, len(reference), exclude_self)
     used = resolve_backend(backend, device, k + int(exclude_self))
     if used == "torch":
         chunks = _torch_knn(query, reference, k, similarity, device, exclude_self, chunk_size)
     else:
-        chunks = _faiss_knn(query, reference, k, similarity, device if used == "faiss-gpu" else None,
-                            exclude_self, chunk_size)
+        chunks = _faiss_knn(
+            query, reference, k, similarity, device if used == "faiss-gpu" else None, exclude_self, chunk_size
+        )
     for start, scores, indices in chunks:
         yield start, *order_ties_by_index(scores, indices)
 
@@ -262,7 +270,9 @@ def topk_ties_by_index(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     return values, idx
 
 
-def _torch_scores(q: torch.Tensor, r: torch.Tensor, r_sq: torch.Tensor | None, similarity: str) -> torch.Tensor:
+def _torch_scores(
+    q: torch.Tensor, r: torch.Tensor, r_sq: torch.Tensor | None, similarity: str
+) -> torch.Tensor:
     s = q @ r.T
     if similarity == "euclidean":
         # -‖q - r‖² = 2 q·r - ‖r‖² - ‖q‖²  (the ‖q‖² term keeps scores true distances)
@@ -287,21 +297,26 @@ def _torch_knn(query, reference, k, similarity, device, exclude_self, chunk_size
 
 
 def _faiss_index(reference: np.ndarray, similarity: str, device: str | None):
+    """Exact flat index holding ``reference``; on ``device`` (one GPU) when given.
+
+    Returns ``(index, gpu_resources)``: the caller keeps the resources alive while the
+    GPU index is in use (faiss' Python objects refuse extra attributes).
+    """
     import faiss
 
     d = reference.shape[1]
     index = faiss.IndexFlatL2(d) if similarity == "euclidean" else faiss.IndexFlatIP(d)
+    resources = None
     if device is not None:
         gpu_id = torch.device(device).index or 0
         resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, gpu_id, index)
-        index._npair_resources = resources  # keep the GPU resources alive with the index
+        index = faiss.index_cpu_to_gpu(resources, gpu_id, index)  # this GPU only (not all GPUs)
     index.add(reference)
-    return index
+    return index, resources
 
 
 def _faiss_knn(query, reference, k, similarity, device, exclude_self, chunk_size):
-    index = _faiss_index(reference, similarity, device)
+    index, _resources = _faiss_index(reference, similarity, device)
     k_search = k + int(exclude_self)
     chunk = chunk_size or 8192
     for start in range(0, len(query), chunk):
@@ -356,8 +371,17 @@ def iter_retrieval(
     _check_k(k_search, n, exclude_self=True)
     used = resolve_backend(backend, device, k_search + 1)
     if used != "torch":
-        for start, _, idx in iter_knn(x, x, k_search, similarity=similarity, backend=backend, device=device,
-                                      exclude_self=True, chunk_size=chunk_size, prepared=True):
+        for start, _, idx in iter_knn(
+            x,
+            x,
+            k_search,
+            similarity=similarity,
+            backend=backend,
+            device=device,
+            exclude_self=True,
+            chunk_size=chunk_size,
+            prepared=True,
+        ):
             matches = labels[idx] == labels[start : start + len(idx), None]
             hit = matches.any(axis=1)
             first = np.where(hit, matches.argmax(axis=1), k_search).astype(np.int64)

@@ -34,7 +34,9 @@ def neighbour_matches(query_labels: np.ndarray, neighbour_labels: np.ndarray) ->
     return np.asarray(neighbour_labels) == np.asarray(query_labels)[:, None]
 
 
-def positives_per_query(query_labels: np.ndarray, reference_labels: np.ndarray, reference_includes_query: bool) -> np.ndarray:
+def positives_per_query(
+    query_labels: np.ndarray, reference_labels: np.ndarray, reference_includes_query: bool
+) -> np.ndarray:
     """Number of *other* reference items with the query's label (R in MAP@R).
 
     ``reference_includes_query``: the query is itself in the reference set and does not
@@ -90,7 +92,7 @@ def recall_at_k(matches: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
     {1: 0.3333333333333333, 2: 0.3333333333333333, 3: 0.6666666666666666}
     """
     per_query = recall_at_k_per_query(matches, ks)
-    return {int(k): float(v) for k, v in zip(ks, per_query.mean(axis=0))}
+    return {int(k): float(v) for k, v in zip(ks, per_query.mean(axis=0), strict=True)}
 
 
 def _check_ks(ks: Iterable[int], available: int) -> None:
@@ -124,7 +126,8 @@ def average_precision_at_r_per_query(matches: np.ndarray, r: np.ndarray) -> np.n
 def r_precision_per_query(matches: np.ndarray, r: np.ndarray) -> np.ndarray:
     """R-precision for each query: same-label items among the first R neighbours, / R.
 
-    >>> r_precision_per_query(np.array([[True, False, True], [False, True, False]]), np.array([3, 2])).tolist()
+    >>> m = np.array([[True, False, True], [False, True, False]])
+    >>> r_precision_per_query(m, np.array([3, 2])).tolist()
     [0.6666666666666666, 0.5]
     """
     m, r = _check_r(matches, r)
@@ -156,7 +159,9 @@ def _check_r(matches: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if r.shape != (m.shape[0],):
         raise ValueError(f"r has shape {r.shape}, expected ({m.shape[0]},) (one R per query)")
     if len(r) and r.min() < 1:
-        raise ValueError(f"R must be >= 1 for every query (got {r.min()}): remove queries without positives first")
+        raise ValueError(
+            f"R must be >= 1 for every query (got {r.min()}): remove queries without positives first"
+        )
     if len(r) and r.max() > m.shape[1]:
         raise ValueError(f"R={r.max()} exceeds the {m.shape[1]} neighbours searched; search at least max(R)")
     return m, r

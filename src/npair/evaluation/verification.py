@@ -49,7 +49,9 @@ def pair_scores(x: np.ndarray, i: np.ndarray, j: np.ndarray, similarity: str) ->
     return out
 
 
-def draw_vrf_trials(labels: np.ndarray, n_negatives: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_vrf_trials(
+    labels: np.ndarray, n_negatives: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``(queries (m,), positives (m,), negatives (m, k))`` test indices.
 
     Queries are all items whose class has >= 2 items, in index order.
@@ -89,7 +91,9 @@ def draw_vrf_trials(labels: np.ndarray, n_negatives: int, rng: np.random.Generat
     return queries, positives, negatives
 
 
-def vrf_accuracy(x: np.ndarray, labels: np.ndarray, n_negatives: int, *, seed: int, similarity: str) -> tuple[float, int]:
+def vrf_accuracy(
+    x: np.ndarray, labels: np.ndarray, n_negatives: int, *, seed: int, similarity: str
+) -> tuple[float, int]:
     """VRF(neg = ``n_negatives``) for one draw: ``(accuracy, excluded singleton queries)``."""
     rng = np.random.default_rng([int(seed), int(n_negatives)])
     queries, positives, negatives = draw_vrf_trials(labels, n_negatives, rng)

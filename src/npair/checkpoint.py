@@ -1,0 +1,259 @@
+"""Crash-safe runs: what a checkpoint holds, when a run resumes from one, and how it is checked.
+
+``run_dir/checkpoint.pt`` (written atomically by rank 0: a temporary file then ``os.replace``, so
+the previous checkpoint stays whole until the new one is complete) is a dict with
+
+    model, loss, optimizer, scheduler, scaler       state_dicts (model: the bare EmbeddingModel)
+    sampler, stream                                 sampler state; epoch, batches consumed in it,
+                                                    DataLoader generator at the epoch's start (npair.stream)
+    rng                                             one dict per rank: python, numpy, torch, cuda
+    step, history, elapsed_s                        steps done, the RunLogger's evaluation history, time
+    config, config_hash, format, version            the resolved config as a plain dict
+
+It loads with ``torch.load(..., weights_only=True)`` (numpy's RNG state is stored as a tensor).
+
+``trainer.resume``: ``auto`` continues from run_dir/checkpoint.pt when it exists and metrics.json
+does not say ``completed`` (a completed run is left alone: its recorded final metrics are returned
+and nothing is written); ``never`` starts over; a path resumes from that file. With the same
+config and seed, a run killed at any point and resumed finishes with the same metrics, bit for bit
+on CPU, as a run never interrupted (see npair.stream for the limits with worker-side augmentation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from npair.runio import CHECKPOINT_FILE, atomic_torch_save, read_metrics
+
+log = logging.getLogger("npair.checkpoint")
+
+FORMAT, VERSION = "npair-checkpoint", 2
+REQUIRED = ("model", "loss", "optimizer", "scheduler", "scaler", "sampler", "stream", "rng", "step", "config")
+
+# Keys that may differ between the run that wrote a checkpoint and the run resuming it: where things
+# go, how often they are logged or saved, how the work is spread (the global batch is the same).
+RESUMABLE_DIFFERENCES = (
+    "paths", "logger", "tags", "trainer.resume", "trainer.checkpoint_every", "trainer.save_checkpoint",
+    "trainer.max_steps", "trainer.eval_every", "trainer.log_every", "trainer.progress_bar", "trainer.threads",
+    "trainer.num_workers", "trainer.eval_batch_size", "trainer.pin_memory", "trainer.device",
+    "trainer.compile", "trainer.distributed", "trainer.ddp", "loss.gather_across_ranks",
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, truncated, foreign or written for another model."""
+
+
+# ------------------------------------------------------------------------------------- RNG
+def capture_rng() -> dict[str, Any]:
+    """The global RNG states of python, numpy, torch (CPU) and CUDA, in weights_only-loadable types."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# ----------------------------------------------------------------------------------- writing
+def save(path: Path, state: dict[str, Any], rng_per_rank: list[dict[str, Any]]) -> None:
+    """Write ``state`` plus every rank's RNG state atomically (call on rank 0)."""
+    atomic_torch_save(path, {"format": FORMAT, "version": VERSION, **state, "rng": rng_per_rank})
+
+
+# ----------------------------------------------------------------------------------- resuming
+@dataclass(frozen=True)
+class ResumePlan:
+    """What ``trainer.resume`` decided for this run directory."""
+
+    checkpoint: Path | None = None           # resume from this file
+    completed: dict[str, float] | None = None  # the run is complete: these are its final metrics
+    explicit: bool = False                   # the user named the file (config differences only warn)
+
+
+def plan(resume: str | None, run_dir: Path) -> ResumePlan:
+    """Interpret ``trainer.resume`` (auto | never | <path>) for ``run_dir``."""
+    spec = "never" if resume in (None, False, "") else str(resume)
+    if spec == "never":
+        return ResumePlan()
+    if spec == "auto":
+        record = read_metrics(run_dir)
+        if record and record.get("status") == "completed":
+            return ResumePlan(completed=dict(record.get("final", {})))
+        path = run_dir / CHECKPOINT_FILE
+        for stale in run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):  # writes killed half-way (the old file is whole)
+            stale.unlink(missing_ok=True)
+        return ResumePlan(checkpoint=path) if path.exists() else ResumePlan()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"trainer.resume={spec}: no checkpoint file at {path}; use auto, never or the "
+                                "path of a checkpoint.pt")
+    return ResumePlan(checkpoint=path, explicit=True)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save`; every failure names the file and what to do."""
+    advice = f"delete {path} (or set trainer.resume=never) to start the run over"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, not a torch file, foreign pickle ...
+        raise CheckpointError(f"checkpoint {path} is unreadable — truncated or corrupt "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                              f"{advice}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a resumable npair training checkpoint (no "
+                              f"format={FORMAT!r}; written by an older version?); {advice}")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing or ckpt.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has version {ckpt.get('version')} (this code reads {VERSION})"
+                              f"{' and lacks ' + ', '.join(missing) if missing else ''}; {advice}")
+    return ckpt
+
+
+def config_differences(saved: dict[str, Any], current: DictConfig) -> list[str]:
+    """Dotted keys whose values differ between a checkpoint's config and ``current`` (less the keys
+    that may change across a resume, :data:`RESUMABLE_DIFFERENCES`)."""
+    now = OmegaConf.to_container(current, resolve=True)
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if any(prefix == k or prefix.startswith(k + ".") for k in RESUMABLE_DIFFERENCES):
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{prefix}.{key}" if prefix else str(key))
+        elif a != b:
+            out.append(f"{prefix}: {a!r} -> {b!r}")
+
+    walk(saved, now, "")
+    return out
+
+
+def check_config(ckpt: dict[str, Any], cfg: DictConfig, path: Path, explicit: bool) -> None:
+    """A checkpoint of another configuration fails (``auto``) or warns (an explicit path)."""
+    diffs = config_differences(ckpt["config"], cfg)
+    if not diffs:
+        return
+    listing = "; ".join(diffs[:8]) + (f"; ... {len(diffs) - 8} more" if len(diffs) > 8 else "")
+    if explicit:
+        log.warning("resuming from %s, written with a different config: %s", path, listing)
+        return
+    raise CheckpointError(f"checkpoint {path} was written by a different configuration ({listing}); resume it with "
+                          f"the same overrides, start over with trainer.resume=never, or use a new run directory")
+
+
+def load_module(module: nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
+    """``module.load_state_dict(state)`` with an error naming the checkpoint file when shapes or keys differ."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = " ".join(str(err).split())[:400]
+        raise CheckpointError(f"checkpoint {path} does not fit this run's {what} ({first}); was it written with "
+                              "another backbone, dataset.embedding_dim, loss or optimizer? Use the same config, "
+                              "trainer.resume=never, or a new run directory") from err
+
+
+def rng_for_rank(ckpt: dict[str, Any], rank: int) -> dict[str, Any]:
+    """This rank's RNG state (rank 0's when the checkpoint was written by fewer ranks)."""
+    states = ckpt["rng"]
+    return states[rank] if rank < len(states) else states[0]
+
+
+def previous_train_rows(csv_path: Path, upto_step: int) -> list[dict[str, Any]]:
+    """The rows of an interrupted run's train_log.csv up to ``upto_step`` (to carry over on resume)."""
+    if not csv_path.exists():
+        return []
+    rows = []
+    with open(csv_path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                if int(row["step"]) > upto_step:
+                    break
+            except (KeyError, TypeError, ValueError):
+                continue
+            rows.append({k: _number(v) for k, v in row.items() if k != "elapsed_s"})
+    return rows
+
+
+def restore_logger(logger: Any, ckpt: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Give a fresh RunLogger the interrupted run's evaluation history, elapsed time and train_log rows."""
+    logger.record["history"] = [dict(h) for h in ckpt.get("history", [])]
+    logger.start = time.time() - float(ckpt.get("elapsed_s", 0.0))
+    for row in rows:
+        logger.log_train(row)
+    logger.flush()
+
+
+def _number(text: Any) -> Any:
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(value) if value.is_integer() and "." not in str(text) and "e" not in str(text) else value
+
+
+# ------------------------------------------------------------------------------- stopping
+class GracefulStop:
+    """SIGINT/SIGTERM ask the loop to stop at the end of the current step (checkpoint, status
+    ``interrupted``); a second SIGINT interrupts at once. SLURM sends SIGTERM before killing a job."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.requested == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = name
+        log.warning("%s received: stopping after this step (checkpoint kept); send SIGINT again to abort at once",
+                    name)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[GracefulStop]:
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._handler)
+        except ValueError:  # not the main thread: leave signal handling as it is
+            pass
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,94 @@
+"""The endless stream of training batches, epoch after epoch, that knows where it is and can resume there.
+
+Batches depend only on (seed, epoch) (npair.samplers), so the position in the stream is two numbers:
+the epoch and how many of its batches were consumed. Resuming re-iterates that epoch's sampler and
+skips the consumed batches at the index level (no image is loaded for them), and restores the
+DataLoader generator as it was when the epoch started, so the loader draws the same worker seeds.
+
+Exactness: the resumed stream yields the very batches the uninterrupted run would have. Random data
+augmentation is reproduced exactly when it runs in the main process (``trainer.num_workers=0``: the
+torch RNG is restored from the checkpoint); in worker processes it restarts from the epoch's worker
+seed, so skipped images do not advance it. A mining sampler (npair_hard_class) re-embeds the
+candidates of the skipped batches with the restored model, so its remaining batches of that epoch
+may differ from the uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
+
+
+class SkippingBatchSampler(Sampler[list[int]]):
+    """A batch sampler whose next pass can start ``n`` batches in (``skip_next(n)``)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self._skip = 0
+
+    def skip_next(self, n: int) -> None:
+        self._skip = int(n)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self._skip = self._skip, 0
+        return itertools.islice(iter(self.sampler), skip, None)
+
+
+class BatchStream:
+    """``next(stream) -> (epoch, batch)`` forever; ``state_dict()`` is the position after the last batch."""
+
+    def __init__(self, loader: DataLoader, batch_sampler: SkippingBatchSampler, epoch: int = 0,
+                 position: int = 0) -> None:
+        if loader.batch_sampler is not batch_sampler:
+            raise ValueError("the DataLoader must be built with batch_sampler=<this SkippingBatchSampler>")
+        if loader.generator is None:
+            raise ValueError("the DataLoader needs an explicit generator (its state is part of the position)")
+        self.loader, self.batch_sampler = loader, batch_sampler
+        self.epoch, self.position = int(epoch), int(position)
+        self._iterator: Iterator[Any] | None = None
+        self._generator_at_epoch_start: Tensor | None = None
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple[int, Any]:
+        while True:
+            if self._iterator is None:
+                sampler = self.batch_sampler.sampler
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(self.epoch)
+                self.batch_sampler.skip_next(self.position)
+                self._generator_at_epoch_start = self.loader.generator.get_state()
+                self._iterator = iter(self.loader)
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                if self.position == 0:
+                    raise RuntimeError("the sampler produced no batch for a whole epoch; check the sampler's "
+                                       "settings") from None
+                self._iterator, self.epoch, self.position = None, self.epoch + 1, 0
+                continue
+            self.position += 1
+            return self.epoch, batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, batches of it consumed, and the loader generator's state when the epoch began."""
+        generator = self._generator_at_epoch_start
+        if generator is None:  # nothing drawn yet: the generator is still at the epoch start
+            generator = self.loader.generator.get_state()
+        return {"epoch": self.epoch, "position": self.position, "loader_generator": generator.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the batches ``state`` had consumed (call before the first ``next``)."""
+        if self._iterator is not None:
+            raise RuntimeError("BatchStream.load_state_dict must come before the first batch is drawn")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.loader.generator.set_state(state["loader_generator"])
+

@@ -1,0 +1,208 @@
+"""RunLogger and W&B: offline runs hold config, history and summary; logger=none writes nothing to W&B.
+
+``tiny_outputs`` (shared with test_wandb_source, test_plots and test_notebook) trains three tiny runs once
+per session into an outputs tree like ``make reproduce-table`` makes: two seeds of N-pair-mc logged to W&B
+offline, one triplet run with ``logger=none``, and a table built from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wandb
+from omegaconf import OmegaConf
+
+from npair.loggers import batch_shape_tag, resolve_wandb_mode, run_tags
+from npair.tables import Row, TableSpec, write_table
+from npair.train import run
+from npair.wandb_source import find_offline_runs, read_offline_run
+from tests.conftest import TINY, compose_config
+
+_CACHE: dict[str, Any] = {}
+PAPER = {"recall@1": 50.96, "recall@2": 63.34, "recall@4": 74.29, "recall@8": 83.22}
+
+
+def tiny_outputs(base: Path) -> dict[str, Any]:
+    """Train the tiny runs once (memoised for the session) and build their table. Returns paths and stdout."""
+    if "outputs" in _CACHE:
+        return _CACHE
+    root = base / "outputs"
+    wandb_dir, none_wandb_dir = base / "wandb_dir", base / "wandb_dir_none"
+    overrides = [o for o in TINY if o != "logger=none"]
+    runs: dict[str, Path] = {}
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        mp.setenv("WANDB_DIR", str(wandb_dir))
+        for seed in (0, 1):
+            cfg = compose_config([*overrides, "logger=wandb", "name=tiny/npair_mc", f"seed={seed}"], base)
+            runs[f"npair_mc/seed{seed}"] = root / "runs" / "tiny" / "npair_mc" / f"seed{seed}"
+            run(cfg, runs[f"npair_mc/seed{seed}"])
+        mp.setenv("WANDB_DIR", str(none_wandb_dir))
+        triplet = [o for o in overrides if not o.startswith("sampler.")]
+        cfg = compose_config(
+            [*triplet, "logger=none", "loss=triplet", "sampler.n_triplets=4", "name=tiny/triplet"], base
+        )
+        runs["triplet/seed0"] = root / "runs" / "tiny" / "triplet" / "seed0"
+        run(cfg, runs["triplet/seed0"])
+    spec = TableSpec(
+        name="tiny",
+        title="Tiny table",
+        seeds=[0, 1],
+        metrics=[{"key": k, "label": k} for k in ("recall@1", "recall@2", "recall@4", "recall@8", "nmi")],
+        rows=[
+            Row("triplet", "tiny/triplet", paper={"recall@1": 43.30}),
+            Row("4-pair-mc", "tiny/npair_mc", paper=dict(PAPER)),
+        ],
+        paper_source="test fixture",
+    )
+    tables = write_table(spec, root)
+    _CACHE.update(
+        outputs=root,
+        base=base,
+        runs=runs,
+        wandb_dir=wandb_dir,
+        none_wandb_dir=none_wandb_dir,
+        table_csv=tables["csv"],
+        stdout=stdout.getvalue(),
+    )
+    return _CACHE
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return tiny_outputs(tmp_path_factory.mktemp("tiny_outputs"))
+
+
+def offline_run_of(run_dir: Path, wandb_dir: Path):
+    """The offline W&B run whose id metrics.json records."""
+    run_id = json.loads((run_dir / "metrics.json").read_text())["wandb"]["id"]
+    (file,) = [f for f in find_offline_runs(wandb_dir) if f.name == f"run-{run_id}.wandb"]
+    return read_offline_run(file)
+
+
+# ----------------------------------------------------------------------------- offline W&B runs
+def test_offline_run_holds_config_history_and_summary(tiny: dict[str, Any]) -> None:
+    run_dir = tiny["runs"]["npair_mc/seed0"]
+    wb = offline_run_of(run_dir, tiny["wandb_dir"])
+    record = json.loads((run_dir / "metrics.json").read_text())
+    # config: the resolved config, exactly as written to config.yaml
+    assert wb.config == OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    assert wb.group == "tiny/npair_mc" and wb.display_name == "tiny/npair_mc/seed0" and wb.project == "npair"
+    assert {"npair_mc", "glyphs", "4x2", "seed0", "tiny"} <= set(wb.tags)
+    # history: every train_log.csv row (loss, lr, images/s, batch and probe accuracies) at its step ...
+    log_rows = list(csv.DictReader(open(run_dir / "train_log.csv")))
+    train = [r for r in wb.history if "train/loss" in r]
+    assert [r["_step"] for r in train] == [int(r["step"]) for r in log_rows] == [1, 2, 3, 4]
+    for wb_row, log_row in zip(train, log_rows):
+        for column in (
+            "loss",
+            "lr",
+            "images_per_s",
+            "batch_acc",
+            "probe_nway_acc",
+            "probe_2way_acc",
+            "probe_nway_loss",
+            "probe_2way_loss",
+        ):
+            assert wb_row[f"train/{column}"] == pytest.approx(float(log_row[column]), rel=1e-12), column
+    # ... and every evaluation of metrics.json
+    evals = [r for r in wb.history if "eval/recall@1" in r]
+    assert [r["_step"] for r in evals] == [h["step"] for h in record["history"]] == [2, 4]
+    for wb_row, hist in zip(evals, record["history"]):
+        assert {k: wb_row[f"eval/{k}"] for k in hist if k != "step"} == pytest.approx(
+            {k: v for k, v in hist.items() if k != "step"}
+        )
+    # summary: final metrics, status and provenance
+    assert {k[6:]: v for k, v in wb.summary.items() if k.startswith("final/")} == pytest.approx(
+        record["final"]
+    )
+    assert wb.summary["status"] == "completed" and record["status"] == "completed"
+    assert wb.summary["config_hash"] == record["config_hash"] and wb.summary["similarity"] == "cosine"
+    assert wb.summary["seed"] == 0 and wb.summary["steps_done"] == 4
+    assert wb.exit_code == 0 and wb.state == "finished"
+
+
+def test_each_run_is_its_own_finished_wandb_run(tiny: dict[str, Any]) -> None:
+    runs = [offline_run_of(tiny["runs"][f"npair_mc/seed{s}"], tiny["wandb_dir"]) for s in (0, 1)]
+    assert runs[0].run_id != runs[1].run_id
+    assert [r.config["seed"] for r in runs] == [0, 1]
+    assert all(r.exit_code == 0 for r in runs)  # the first was finished before the second started
+    assert wandb.run is None
+    assert len(find_offline_runs(tiny["wandb_dir"])) == 2
+
+
+def test_offline_runs_print_how_to_sync(tiny: dict[str, Any]) -> None:
+    for seed in (0, 1):
+        directory = Path(
+            json.loads((tiny["runs"][f"npair_mc/seed{seed}"] / "metrics.json").read_text())["wandb"]["dir"]
+        )
+        assert f"wandb sync {directory}" in tiny["stdout"]
+        assert directory.is_relative_to(tiny["wandb_dir"])  # WANDB_DIR is honoured
+
+
+def test_logger_none_writes_nothing_to_wandb(tiny: dict[str, Any]) -> None:
+    run_dir = tiny["runs"]["triplet/seed0"]
+    assert not tiny["none_wandb_dir"].exists()
+    assert not list(run_dir.rglob("wandb")) and not list(run_dir.rglob("*.wandb"))
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert "wandb" not in record and record["status"] == "completed"
+    assert len(list(csv.DictReader(open(run_dir / "train_log.csv")))) == 4  # local logs still written
+
+
+# ----------------------------------------------------------------------------- tags and modes
+def test_batch_shape_tag_per_sampler() -> None:
+    assert batch_shape_tag({"name": "npair", "n_classes": 60, "n_per_class": 2}) == "60x2"
+    assert batch_shape_tag({"name": "npair", "n_classes": 32, "n_per_class": 12}) == "32x12"
+    assert batch_shape_tag({"name": "triplet", "n_triplets": 40}) == "40x3"
+    assert batch_shape_tag({"name": "pair", "n_pairs": 60}) == "60x2"
+    assert batch_shape_tag({"name": "tuplet", "n_classes": 8}) == "8x9"
+    assert batch_shape_tag({"name": "custom"}) is None
+
+
+def test_run_tags_and_group_of_an_experiment(tmp_path: Path) -> None:
+    cfg = compose_config(["experiment=mini_table2/npair_mc", "seed=3", "tags=[ablation]"], tmp_path)
+    shape = f"{cfg.sampler.n_classes}x{cfg.sampler.n_per_class}"
+    assert run_tags(cfg) == ["npair_mc", cfg.dataset.name, shape, "seed3", "mini_table2", "ablation"]
+    assert cfg.logger.group == cfg.name == "mini_table2/npair_mc"
+    cfg = compose_config(["loss=triplet", "sampler.n_triplets=40", "name=demo"], tmp_path)
+    assert run_tags(cfg) == ["triplet", "glyphs", "40x3", "seed0"]  # no table: a name without "/"
+    assert cfg.logger.group == "demo"
+
+
+@pytest.fixture
+def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    return tmp_path / "netrc"
+
+
+def test_mode_auto_is_offline_without_credentials_and_online_with(
+    no_credentials: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert resolve_wandb_mode("auto") == "offline"
+    with pytest.raises(ValueError, match="logger.mode=online but no W&B credentials"):
+        resolve_wandb_mode("online")  # would prompt: refuse instead
+    no_credentials.write_text("machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n")
+    no_credentials.chmod(0o600)
+    assert resolve_wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the environment (CI) wins
+    assert resolve_wandb_mode("auto") == "offline"
+    assert resolve_wandb_mode("online") == "offline"
+
+
+def test_mode_from_api_key_and_bad_values(no_credentials: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert resolve_wandb_mode("auto") == "online"
+    assert resolve_wandb_mode("offline") == "offline"
+    with pytest.raises(ValueError, match="logger.mode='sometimes'"):
+        resolve_wandb_mode("sometimes")

@@ -1,0 +1,238 @@
+"""Figures are built from run histories and table CSVs: the plotted numbers (the JSON next to each PNG)
+equal their sources."""
+
+from __future__ import annotations
+
+import csv
+import json
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from npair import plots
+from tests.test_loggers import PAPER, tiny_outputs
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = [
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "images_per_s",
+    "batch_acc",
+    "probe_nway_acc",
+    "probe_2way_acc",
+    "probe_nway_loss",
+    "probe_2way_loss",
+    "elapsed_s",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return tiny_outputs(tmp_path_factory.mktemp("tiny_outputs"))
+
+
+def write_log(run_dir: Path, nway: list[float | None], two_way_offset: float = 0.4) -> Path:
+    """A train_log.csv with steps 10, 20, ...; None leaves the probe cells of that row empty."""
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "train_log.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        for i, acc in enumerate(nway):
+            row = {
+                "step": 10 * (i + 1),
+                "epoch": 0,
+                "loss": 3.0 - 0.1 * i,
+                "lr": 1e-3,
+                "images_per_s": 100,
+                "batch_acc": 0.5,
+                "elapsed_s": i,
+            }
+            if acc is not None:
+                row.update(
+                    probe_nway_acc=acc,
+                    probe_2way_acc=min(1.0, acc + two_way_offset),
+                    probe_nway_loss=4.0 * (1 - acc),
+                    probe_2way_loss=0.3 * (1 - acc),
+                )
+            writer.writerow(row)
+    return run_dir
+
+
+def assert_png(path: Path) -> None:
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 300
+    assert image[..., :3].std() > 0.05  # something was drawn
+
+
+def test_training_curves_plot_the_mean_of_the_train_logs(tmp_path: Path) -> None:
+    triplet = write_log(tmp_path / "triplet", [0.10, 0.20, 0.30, 0.35, 0.38, 0.40])
+    ovo = write_log(tmp_path / "ovo", [0.10, 0.25, 0.35, 0.42, 0.48, 0.50])
+    mc0 = write_log(tmp_path / "mc0", [0.20, 0.30, 0.40, 0.47, 0.53, 0.60])
+    mc1 = write_log(tmp_path / "mc1", [0.22, 0.32, 0.42, 0.49, 0.55, None])  # step 60 without probe values
+    out = plots.training_curves(
+        {"triplet": [triplet], "60-pair-ovo": [ovo], "60-pair-mc": [mc0, mc1]},
+        tmp_path / "fig" / "curves.png",
+        title="synthetic",
+    )
+    assert out == tmp_path / "fig" / "curves.png"
+    assert_png(out)
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["lead"] == "60-pair-mc"
+    mc = data["series"]["60-pair-mc"]["nway_acc"]
+    assert mc["steps"] == [10, 20, 30, 40, 50]  # the steps both seeds logged
+    assert mc["mean"] == pytest.approx([21.0, 31.0, 41.0, 48.0, 54.0])  # percent
+    assert mc["se"] == pytest.approx([1.0] * 5)  # |a - b| / 2 for two seeds: std(ddof=1)/sqrt(2)
+    assert data["series"]["60-pair-mc"]["nway_loss"]["mean"] == pytest.approx(
+        [
+            4.0 * (1 - (a + b) / 2)
+            for a, b in [(0.2, 0.22), (0.3, 0.32), (0.4, 0.42), (0.47, 0.49), (0.53, 0.55)]
+        ]
+    )
+    tri = data["series"]["triplet"]
+    assert tri["2way_acc"]["mean"] == pytest.approx([50.0, 60.0, 70.0, 75.0, 78.0, 80.0])
+    assert tri["nway_acc"]["se"] is None and tri["nway_acc"]["n_runs"] == 1
+    # reference lines: the others' final N-way accuracy; mc reaches 40% at step 30 and 50% at step 50
+    assert data["reference"] == pytest.approx({"triplet": 40.0, "60-pair-ovo": 50.0})
+    assert data["crossings"]["triplet"]["step"] == 30
+    assert data["crossings"]["60-pair-ovo"]["step"] == 50
+
+
+def test_training_curves_without_a_crossing_or_a_probe(tmp_path: Path) -> None:
+    strong = write_log(tmp_path / "strong", [0.5, 0.9])
+    weak = write_log(tmp_path / "weak", [0.1, 0.2])
+    data = json.loads(
+        plots.training_curves({"strong": [strong], "weak": [weak]}, tmp_path / "c.png", lead="weak")
+        .with_suffix(".json")
+        .read_text()
+    )
+    assert data["crossings"] == {"strong": {"reference": pytest.approx(90.0), "step": None}}
+    bare = write_log(
+        tmp_path / "bare", [None, None, None]
+    )  # trainer.probe_classes=0: loss and batch accuracy
+    data = json.loads(
+        plots.training_curves({"bare": [bare]}, tmp_path / "b.png").with_suffix(".json").read_text()
+    )
+    assert set(data["series"]["bare"]) == {"train_loss", "batch_acc"}
+    assert data["series"]["bare"]["train_loss"]["mean"] == pytest.approx([3.0, 2.9, 2.8])
+    with pytest.raises(FileNotFoundError, match="no train_log.csv"):
+        plots.training_curves({"x": [tmp_path / "nowhere"]}, tmp_path / "x.png")
+
+
+def test_training_curves_of_real_runs_equal_their_train_logs(tiny: dict[str, Any], tmp_path: Path) -> None:
+    runs = {"triplet": [tiny["runs"]["triplet/seed0"]], "4-pair-mc": [tiny["runs"]["npair_mc/seed0"]]}
+    out = plots.training_curves(runs, tmp_path / "real.png")
+    assert_png(out)
+    data = json.loads(out.with_suffix(".json").read_text())
+    for label, (run_dir,) in runs.items():
+        rows = list(csv.DictReader(open(run_dir / "train_log.csv")))
+        for measure, column in plots.MEASURES.items():
+            series = data["series"][label][measure]
+            scale = 100.0 if measure.endswith("acc") else 1.0
+            assert series["steps"] == [int(r["step"]) for r in rows]
+            assert series["mean"] == pytest.approx([scale * float(r[column]) for r in rows], rel=1e-12)
+    final_triplet = float(
+        list(csv.DictReader(open(runs["triplet"][0] / "train_log.csv")))[-1]["probe_nway_acc"]
+    )
+    assert data["reference"] == {"triplet": pytest.approx(100 * final_triplet)}
+
+
+def test_recall_at_k_plots_the_table_csv(tiny: dict[str, Any], tmp_path: Path) -> None:
+    out = plots.recall_at_k(tiny["table_csv"], tmp_path / "recall.png")
+    assert_png(out)
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["table"] == "tiny" and data["ks"] == [1, 2, 4, 8]
+    rows = {(r["method"], r["metric"]): r for r in csv.DictReader(open(tiny["table_csv"]))}
+    for method in ("triplet", "4-pair-mc"):
+        got = data["methods"][method]
+        assert got["mean"] == pytest.approx(
+            [float(rows[(method, f"recall@{k}")]["mean"]) for k in (1, 2, 4, 8)]
+        )
+    assert data["methods"]["4-pair-mc"]["paper"] == [PAPER[f"recall@{k}"] for k in (1, 2, 4, 8)]
+    assert data["methods"]["4-pair-mc"]["se"][0] == pytest.approx(
+        float(rows[("4-pair-mc", "recall@1")]["se"])
+    )
+    assert data["methods"]["triplet"]["se"] == [None] * 4  # one seed: no standard error
+    assert data["methods"]["triplet"]["paper"] == [43.30, None, None, None]
+
+
+def test_table_figures_handle_missing_rows_and_tables_without_recall(tmp_path: Path) -> None:
+    table = tmp_path / "t1.csv"
+    table.write_text(
+        "table,method,metric,mean,se,n_seeds,expected_seeds,paper,diff\n"
+        "t1,triplet,knn_acc,70.0,0.4,3,3,70.24,-0.24\n"
+        "t1,triplet,vrf_neg1,96.0,0.1,3,3,96.78,-0.78\n"
+        "t1,72-pair-mc,knn_acc,,,0,3,88.37,\n"
+        "t1,72-pair-mc,vrf_neg1,,,0,3,97.92,\n"
+    )
+    with pytest.raises(ValueError, match="no recall@K rows"):
+        plots.recall_at_k(table, tmp_path / "r.png")
+    (bars,) = plots.table_figures(table, tmp_path / "figs")
+    assert bars == tmp_path / "figs" / "t1_metrics.png"
+    assert_png(bars)
+    data = json.loads(bars.with_suffix(".json").read_text())
+    assert data["methods"]["triplet"] == {"mean": [70.0, 96.0], "se": [0.4, 0.1], "paper": [70.24, 96.78]}
+    assert data["methods"]["72-pair-mc"]["mean"] == [None, None]  # missing, never drawn as zero data
+
+
+def test_embedding_projection_of_a_trained_run(tiny: dict[str, Any], tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    run_dir = tiny["runs"]["npair_mc/seed0"]
+    out = plots.embedding_projection(run_dir, tmp_path / "pca.png", max_points=40, n_classes=5)
+    assert_png(out)
+    data = json.loads(out.with_suffix(".json").read_text())
+    test_labels = np.asarray(instantiate(OmegaConf.load(run_dir / "config.yaml").dataset.build).test.labels)
+    assert data["classes"] == sorted(np.unique(test_labels).tolist())[:5]
+    assert len(data["points"]) == len(data["labels"]) == 30  # 5 classes × 6 images < max_points
+    assert data["labels"] == test_labels[data["indices"]].tolist()
+    points = np.asarray(data["points"])
+    assert points[:, 0].var() >= points[:, 1].var()  # first principal component first
+    tsne = plots.embedding_projection(
+        run_dir, tmp_path / "tsne.png", method="tsne", max_points=20, n_classes=5
+    )
+    data = json.loads(tsne.with_suffix(".json").read_text())
+    assert len(data["points"]) == 20 and set(data["labels"]) <= set(data["classes"])
+    with pytest.raises(ValueError, match="method='umap'"):
+        plots.embedding_projection(run_dir, tmp_path / "u.png", method="umap")
+
+
+def test_command_line_scripts(tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = tiny["runs"]
+    seeds = str(runs["npair_mc/seed0"].parent / "seed*")
+    out = tmp_path / "cli" / "curves.png"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "plot_curves.py",
+            "--run",
+            f"triplet={runs['triplet/seed0']}",
+            "--run",
+            f"4-pair-mc={seeds}",
+            "--out",
+            str(out),
+            "--title",
+            "cli",
+        ],
+    )
+    runpy.run_path(str(REPO / "scripts" / "plot_curves.py"), run_name="__main__")
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["title"] == "cli" and data["series"]["4-pair-mc"]["nway_acc"]["n_runs"] == 2
+    monkeypatch.setattr(
+        sys, "argv", ["plot_table.py", str(tiny["table_csv"]), "--out-dir", str(tmp_path / "t")]
+    )
+    runpy.run_path(str(REPO / "scripts" / "plot_table.py"), run_name="__main__")
+    assert sorted(p.name for p in (tmp_path / "t").glob("*.png")) == ["tiny_metrics.png", "tiny_recall.png"]
+    with pytest.raises(SystemExit, match="use --run LABEL=DIR"):
+        plots.parse_run_specs(["no-equals-sign"])
+    assert plots.parse_run_specs([f"a={seeds}", "a=x"]) == {
+        "a": [runs["npair_mc/seed0"], runs["npair_mc/seed1"], Path("x")]
+    }

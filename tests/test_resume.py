@@ -1,0 +1,128 @@
+"""Crash-safe runs: a run killed with SIGKILL and restarted in its run directory ends exactly like one
+never interrupted; completed runs are left alone; the batch stream and RNG states resume exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from npair.checkpoint import CheckpointError, capture_rng, restore_rng
+from npair.runio import CHECKPOINT_FILE
+from npair.samplers import NPairSampler
+from npair.stream import BatchStream, SkippingBatchSampler
+from npair.train import run
+from tests.conftest import TINY, compose_config
+
+# Long enough (in steps) for the test to kill the run between its first checkpoint and its end.
+KILLABLE = [*[o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.eval_every", "trainer.log_every"))],
+            "trainer.max_steps=80", "trainer.eval_every=40", "trainer.log_every=10", "trainer.checkpoint_every=5",
+            "trainer.probe_classes=0", "trainer.threads=1"]
+
+
+def _model_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)["model"]
+
+
+def test_sigkill_mid_run_then_restart_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "npair.train", *KILLABLE, f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    child = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while child.poll() is None and not (run_dir / CHECKPOINT_FILE).exists():
+            time.sleep(0.005)
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{child.stderr.read()[-2000:]}"
+    killed_at = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)["step"]
+    assert 0 < killed_at < 80
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
+
+    restarted = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "resuming" in restarted.stdout
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["status"] == "completed" and resumed["resumed_from_step"] >= killed_at
+
+    straight = run(compose_config(KILLABLE, tmp_path), tmp_path / "straight")
+    assert resumed["final"] == straight  # bit for bit, not approximately
+    record = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert resumed["history"] == record["history"]
+    killed_model, straight_model = _model_state(run_dir), _model_state(tmp_path / "straight")
+    assert all(torch.equal(killed_model[k], straight_model[k]) for k in straight_model)
+    rows = (run_dir / "train_log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(10, 81, 10))  # rows before the kill carried over
+
+
+def test_a_completed_run_is_left_alone_and_resume_never_starts_over(tmp_path: Path) -> None:
+    overrides = [*TINY, "trainer.max_steps=2", "trainer.probe_classes=0"]
+    first = run(compose_config(overrides, tmp_path), tmp_path / "run")
+    files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    again = run(compose_config(overrides, tmp_path), tmp_path / "run")
+    assert again == first
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == files  # nothing rewritten
+    over = run(compose_config([*overrides, "trainer.resume=never"], tmp_path), tmp_path / "run")
+    assert over == first
+    assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns != files["metrics.json"]
+
+
+def test_resuming_with_another_config_fails_naming_the_keys(tmp_path: Path) -> None:
+    overrides = [*TINY, "trainer.max_steps=2", "trainer.probe_classes=0"]
+    run(compose_config(overrides, tmp_path), tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({**record, "status": "running"}))  # as if it crashed
+    with pytest.raises(CheckpointError, match=r"checkpoint .*checkpoint.pt was written by a different configuration "
+                                              r"\(seed: 0 -> 1\)"):
+        run(compose_config([*overrides, "seed=1"], tmp_path), tmp_path / "run")
+
+
+# ------------------------------------------------------------------------------------ the parts
+def _stream(labels: np.ndarray) -> tuple[BatchStream, torch.utils.data.DataLoader]:
+    sampler = SkippingBatchSampler(NPairSampler(labels, seed=3, n_classes=2, epoch_length=3))
+    data = torch.utils.data.TensorDataset(torch.arange(len(labels)), torch.from_numpy(labels))
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, generator=torch.Generator().manual_seed(5))
+    return BatchStream(loader, sampler), loader
+
+
+@pytest.mark.parametrize("consumed, epoch, position", [(0, 0, 0), (2, 0, 2), (3, 0, 3), (4, 1, 1), (7, 2, 1)])
+def test_a_resumed_batch_stream_continues_with_the_same_batches(consumed: int, epoch: int, position: int) -> None:
+    labels = np.repeat(np.arange(6), 4)  # 3 batches per epoch
+    straight, _ = _stream(labels)
+    expected = [(e, b[0].tolist()) for e, b in (next(straight) for _ in range(consumed + 5))]
+    first, _ = _stream(labels)
+    for _ in range(consumed):
+        next(first)
+    state = first.state_dict()
+    assert (state["epoch"], state["position"]) == (epoch, position)
+    resumed, _ = _stream(labels)
+    resumed.load_state_dict(state)
+    assert [(e, b[0].tolist()) for e, b in (next(resumed) for _ in range(5))] == expected[consumed:]
+
+
+def test_rng_states_round_trip() -> None:
+    state = capture_rng()
+    draws = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == draws
+
+
+def test_corrupt_metrics_next_to_a_checkpoint_is_not_mistaken_for_a_completed_run(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    shutil.copy(__file__, tmp_path / "run" / "metrics.json")  # not JSON
+    with pytest.raises(ValueError, match="metrics.json is not valid JSON"):
+        run(compose_config([*TINY, "trainer.max_steps=1"], tmp_path), tmp_path / "run")
