@@ -29,9 +29,9 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra import compose, initialize_config_dir
 
-from npair.train import run  # noqa: E402
+from npair.train import run
 
 LOSSES = ("triplet", "npair_mc", "npair_ovo", "triplet_nm", "contrastive", "tuplet", "softmax")
 
@@ -80,7 +80,8 @@ def measure(loss: str, data_root: Path, workdir: Path, args: argparse.Namespace,
     started = time.perf_counter()
     run(cfg, run_dir)
     total = time.perf_counter() - started
-    rows = list(csv.DictReader(open(run_dir / "train_log.csv")))
+    with open(run_dir / "train_log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
     elapsed = [float(r["elapsed_s"]) for r in rows]
     seconds = elapsed[-1] - elapsed[args.warmup - 1]  # the steps after the warm-up, end to end
     record = json.loads((run_dir / "metrics.json").read_text())

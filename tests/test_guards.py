@@ -26,12 +26,12 @@ def _no_run_files(run_dir: Path) -> bool:
 
 # ------------------------------------------------------------------------ impossible combinations
 @pytest.mark.parametrize("override, message", [
-    ("sampler.n_classes=12", r"sampler.n_classes=12 \(N classes per batch\) is larger than the 10 classes of the "
-                             r"training split of dataset=glyphs; lower sampler.n_classes to at most 10"),
-    ("sampler.n_per_class=7", r"sampler.n_per_class=7 \(M images per class\) is larger than the smallest class of "
-                              r"the training split of dataset=glyphs: class \d+ has 6 image\(s\)"),
-    ("eval.ks=[1,2,4,60]", r"eval.ks=\[1, 2, 4, 60\]: Recall@60 needs more than 60 test images, but the test split "
-                           r"of dataset=glyphs has 60; lower eval.ks \(at most 59\)"),
+    ("sampler.n_classes=12", (r"sampler.n_classes=12 \(N classes per batch\) is larger than the 10 classes of the "
+                              r"training split of dataset=glyphs; lower sampler.n_classes to at most 10")),
+    ("sampler.n_per_class=7", (r"sampler.n_per_class=7 \(M images per class\) is larger than the smallest class of "
+                               r"the training split of dataset=glyphs: class \d+ has 6 image\(s\)")),
+    ("eval.ks=[1,2,4,60]", (r"eval.ks=\[1, 2, 4, 60\]: Recall@60 needs more than 60 test images, but the test "
+                            r"split of dataset=glyphs has 60; lower eval.ks \(at most 59\)")),
 ])
 def test_impossible_combinations_fail_before_any_file_is_written(tmp_path: Path, override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

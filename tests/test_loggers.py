@@ -18,7 +18,8 @@ import pytest
 import wandb
 from omegaconf import OmegaConf
 
-from npair.loggers import batch_shape_tag, resolve_wandb_mode, run_tags
+from npair.checkpoint import restore_logger
+from npair.loggers import RunLogger, batch_shape_tag, resolve_wandb_mode, run_tags
 from npair.tables import Row, TableSpec, write_table
 from npair.train import run
 from npair.wandb_source import find_offline_runs, read_offline_run
@@ -146,6 +147,7 @@ def test_offline_runs_print_how_to_sync(tiny: dict[str, Any]) -> None:
         )
         assert f"wandb sync {directory}" in tiny["stdout"]
         assert directory.is_relative_to(tiny["wandb_dir"])  # WANDB_DIR is honoured
+    assert f"every offline run at once: cd {tiny['wandb_dir']} && wandb sync --yes" in tiny["stdout"]
 
 
 def test_logger_none_writes_nothing_to_wandb(tiny: dict[str, Any]) -> None:
@@ -155,6 +157,30 @@ def test_logger_none_writes_nothing_to_wandb(tiny: dict[str, Any]) -> None:
     record = json.loads((run_dir / "metrics.json").read_text())
     assert "wandb" not in record and record["status"] == "completed"
     assert len(list(csv.DictReader(open(run_dir / "train_log.csv")))) == 4  # local logs still written
+
+
+def test_a_resumed_run_sends_its_restored_history_to_wandb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    cfg = compose_config(
+        [*[o for o in TINY if o != "logger=none"], "logger=wandb", "name=t/resume"], tmp_path
+    )
+    logger = RunLogger(tmp_path / "run", cfg, {"name": "t/resume", "seed": 0, "resumed_from_step": 2})
+    # what the training loop does on resume: restore history and elapsed time, replay train_log rows
+    restore_logger(
+        logger,
+        {"history": [{"step": 2, "recall@1": 0.25}], "elapsed_s": 5.0},
+        [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}],
+    )
+    logger.log_train({"step": 3, "loss": 0.3})
+    logger.log_eval(4, {"recall@1": 0.5})
+    with contextlib.redirect_stdout(io.StringIO()):
+        logger.finish("completed", {"recall@1": 0.5})
+    (file,) = find_offline_runs(tmp_path / "wb")
+    rows = [(r["_step"], r.get("train/loss"), r.get("eval/recall@1")) for r in read_offline_run(file).history]
+    assert rows == [(1, 1.0, None), (2, 0.5, 0.25), (3, 0.3, None), (4, None, 0.5)]
 
 
 # ----------------------------------------------------------------------------- tags and modes

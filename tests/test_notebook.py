@@ -54,6 +54,7 @@ def test_notebook_executes_on_a_small_run(tiny: dict[str, Any], monkeypatch: pyt
     assert {p.name for p in figures.glob("*.png")} >= {
         "tiny_recall.png",
         "tiny_metrics.png",
+        "eval_histories.png",
         "training_curves_tiny.png",
         "embedding_tiny_npair_mc_pca.png",
     }

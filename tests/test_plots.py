@@ -104,6 +104,23 @@ def test_training_curves_plot_the_mean_of_the_train_logs(tmp_path: Path) -> None
     assert data["crossings"]["60-pair-ovo"]["step"] == 50
 
 
+def test_smoothed_curves_set_the_lines_and_crossings(tmp_path: Path) -> None:
+    assert plots.trailing_mean([1.0, 3.0, 5.0, 9.0], 2) == pytest.approx([1.0, 2.0, 4.0, 7.0])
+    assert plots.trailing_mean([1.0, 3.0, 5.0, 9.0], 3) == pytest.approx([1.0, 2.0, 3.0, 17 / 3])
+    triplet = write_log(tmp_path / "triplet", [0.10, 0.20, 0.30, 0.35, 0.38, 0.40])
+    ovo = write_log(tmp_path / "ovo", [0.10, 0.25, 0.35, 0.42, 0.48, 0.50])
+    mc = write_log(tmp_path / "mc", [0.21, 0.31, 0.41, 0.48, 0.54, 0.60])
+    out = plots.training_curves(
+        {"triplet": [triplet], "ovo": [ovo], "mc": [mc]}, tmp_path / "s.png", smooth=2
+    )
+    data = json.loads(out.with_suffix(".json").read_text())
+    acc = data["series"]["mc"]["nway_acc"]
+    assert acc["mean"] == pytest.approx([21.0, 31.0, 41.0, 48.0, 54.0, 60.0])  # raw values kept
+    assert acc["smoothed"] == pytest.approx([21.0, 26.0, 36.0, 44.5, 51.0, 57.0])
+    assert data["reference"] == pytest.approx({"triplet": 39.0, "ovo": 49.0})  # smoothed final values
+    assert [data["crossings"][k]["step"] for k in ("triplet", "ovo")] == [40, 50]
+
+
 def test_training_curves_without_a_crossing_or_a_probe(tmp_path: Path) -> None:
     strong = write_log(tmp_path / "strong", [0.5, 0.9])
     weak = write_log(tmp_path / "weak", [0.1, 0.2])
@@ -141,6 +158,18 @@ def test_training_curves_of_real_runs_equal_their_train_logs(tiny: dict[str, Any
         list(csv.DictReader(open(runs["triplet"][0] / "train_log.csv")))[-1]["probe_nway_acc"]
     )
     assert data["reference"] == {"triplet": pytest.approx(100 * final_triplet)}
+
+
+def test_eval_histories_equal_metrics_json(tiny: dict[str, Any], tmp_path: Path) -> None:
+    runs = {"4-pair-mc": [tiny["runs"]["npair_mc/seed0"], tiny["runs"]["npair_mc/seed1"]]}
+    out = plots.eval_histories(runs, tmp_path / "hist.png", metrics=("recall@1", "nmi", "not_a_metric"))
+    assert_png(out)
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["metrics"] == ["recall@1", "nmi"]  # metrics no run has are left out
+    for entry, run_dir in zip(data["runs"]["4-pair-mc"], runs["4-pair-mc"]):
+        history = json.loads((run_dir / "metrics.json").read_text())["history"]
+        assert entry["recall@1"]["steps"] == [h["step"] for h in history] == [2, 4]
+        assert entry["nmi"]["values"] == pytest.approx([100 * h["nmi"] for h in history])
 
 
 def test_recall_at_k_plots_the_table_csv(tiny: dict[str, Any], tmp_path: Path) -> None:

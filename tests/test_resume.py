@@ -53,7 +53,8 @@ def test_sigkill_mid_run_then_restart_ends_like_an_uninterrupted_run(tmp_path: P
     assert 0 < killed_at < 80
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
 
-    restarted = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    restarted = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                               check=False)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "resuming" in restarted.stdout
     resumed = json.loads((run_dir / "metrics.json").read_text())
@@ -126,3 +127,28 @@ def test_corrupt_metrics_next_to_a_checkpoint_is_not_mistaken_for_a_completed_ru
     shutil.copy(__file__, tmp_path / "run" / "metrics.json")  # not JSON
     with pytest.raises(ValueError, match="metrics.json is not valid JSON"):
         run(compose_config([*TINY, "trainer.max_steps=1"], tmp_path), tmp_path / "run")
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exactly(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    overrides = [*TINY, "trainer.max_steps=5", "trainer.probe_classes=0", "trainer.threads=1"]
+    straight = run(compose_config(overrides, tmp_path), tmp_path / "straight")
+    import npair.train
+
+    real_accuracy, calls = npair.train.batch_accuracy, []
+
+    def signal_at_step_3(*args, **kwargs):  # called once per logged step, inside the loop
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as SLURM does before a preemption
+        return real_accuracy(*args, **kwargs)
+
+    monkeypatch.setattr(npair.train, "batch_accuracy", signal_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_config(overrides, tmp_path), tmp_path / "stopped")
+    monkeypatch.undo()
+    record = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and record["steps_done"] == 3
+    assert torch.load(tmp_path / "stopped" / CHECKPOINT_FILE, weights_only=True)["step"] == 3
+    assert run(compose_config(overrides, tmp_path), tmp_path / "stopped") == straight
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the loop's handler is gone again

@@ -71,10 +71,11 @@ def test_write_table_writes_md_csv_tex(tmp_path: Path) -> None:
     spec = make_spec()
     write_run(tmp_path, spec, spec.rows[0], 0, {"recall@1": 0.4, "nmi": 0.5})
     paths = write_table(spec, tmp_path)
-    assert {p.suffix for p in paths.values()} == {".md", ".csv", ".tex"}
+    assert {p.suffix for p in paths.values()} == {".md", ".csv", ".tex", ".png"}
+    assert (tmp_path / "figures" / "demo_recall.png").exists()
     csv_text = paths["csv"].read_text()
     assert "demo,triplet,recall@1,40.0" in csv_text
-    assert "demo,absent,recall@1,,,0,3,," in csv_text
+    assert "demo,absent,recall@1,,,0,3,,,0" in csv_text
     assert r"\textbf{40.00}" in paths["tex"].read_text()
 
 

@@ -84,7 +84,8 @@ def test_cli_overrides_and_run_directory(tmp_path: Path) -> None:
 
 
 def test_cli_multirun_makes_one_directory_per_job(tmp_path: Path) -> None:
-    overrides = [o for o in TINY if not o.startswith("sampler.")]
+    # Each loss with its default sampler (60 classes × 2 / 40 triplets): 60 training classes are needed.
+    overrides = [o for o in TINY if not o.startswith(("sampler.", "dataset.build.n_classes"))] + ["dataset.build.n_classes=120"]
     result = run_cli(["npair.train", "-m", "loss=triplet,npair_mc", "seed=0,1", *overrides,
                       f"paths.root_dir={tmp_path}"], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

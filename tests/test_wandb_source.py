@@ -214,3 +214,13 @@ def test_read_offline_run_from_protobuf_records(tmp_path: Path) -> None:
     assert record["history"] == [{"step": 5, "recall@1": 0.25}]
     (folder / "run-abc.wandb").write_bytes(write_log(payloads[:3]))  # no exit record: the process died
     assert read_offline_run(folder).state == "crashed"
+
+
+def test_fetch_records_without_credentials_fails_instead_of_prompting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    with pytest.raises(RuntimeError, match="needs credentials: set WANDB_API_KEY or run `wandb login`"):
+        fetch_records("npair")

@@ -209,10 +209,16 @@ def previous_train_rows(csv_path: Path, upto_step: int) -> list[dict[str, Any]]:
     return rows
 
 
-def restore_logger(logger: Any, ckpt: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Give a fresh RunLogger the interrupted run's evaluation history, elapsed time and train_log rows."""
-    logger.record["history"] = [dict(h) for h in ckpt.get("history", [])]
-    logger.start = time.time() - float(ckpt.get("elapsed_s", 0.0))
+def logger_state(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What the RunLogger had recorded when the checkpoint was written: evaluation history, elapsed time."""
+    return {"history": [dict(h) for h in ckpt.get("history", [])], "elapsed_s": float(ckpt.get("elapsed_s", 0.0))}
+
+
+def restore_logger(logger: Any, state: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Give a fresh RunLogger the interrupted run's evaluation history, elapsed time and train_log rows
+    (:func:`logger_state`, :func:`previous_train_rows`); its wall time then counts from the first start."""
+    logger.record["history"] = list(state["history"])
+    logger.start = time.time() - state["elapsed_s"]
     for row in rows:
         logger.log_train(row)
     logger.flush()

@@ -9,7 +9,8 @@ What W ranks change, and why one process and W processes train the same model:
 * **Batches.** The sampler's batch size (``sampler.n_classes`` / ``n_triplets`` / ``n_pairs``) is the
   *global* batch: each rank builds the same global batch from (seed, epoch) and keeps its contiguous
   1/W slice (npair.samplers), so for class-block batches every rank holds distinct classes. A batch
-  size that does not divide by W fails before training (npair.guards).
+  size that does not divide by W fails before training (npair.guards). (The naive tuplet sampler is
+  the exception: each rank builds complete tuplets from its N/W classes.)
 * **Negatives.** ``trainer.ddp.gather_negatives`` sets ``loss.gather_across_ranks`` for the losses
   that have it (N-pair-mc, N-pair-ovo): every rank computes the loss of the whole global batch
   (N = the global number of classes), gradient flowing into its own slice (npair.distributed).

@@ -33,7 +33,18 @@ from npair.runio import METRICS_FILE, METRICS_SCHEMA_VERSION, atomic_write_json
 log = logging.getLogger("npair.loggers")
 
 # Header fields of metrics.json mirrored into the W&B summary at start (so crashed runs carry them too).
-SUMMARY_HEADER_KEYS = ("name", "seed", "config_hash", "similarity", "dataset", "loss", "sampler", "protocol")
+SUMMARY_HEADER_KEYS = (
+    "name",
+    "seed",
+    "config_hash",
+    "similarity",
+    "dataset",
+    "loss",
+    "sampler",
+    "protocol",
+    "world_size",
+    "resumed_from_step",
+)
 
 
 # ------------------------------------------------------------------------------------ credentials / mode
@@ -159,6 +170,7 @@ class RunLogger:
         self._csv.writeheader()
         self.wandb_run = None
         self.wandb_mode: str | None = None
+        self._evals_sent = 0  # entries of record["history"] already logged to W&B
         if cfg.logger.name == "wandb":
             self._start_wandb(cfg)
         self.flush()
@@ -173,6 +185,10 @@ class RunLogger:
         directory = wandb_dir(cfg, self.run_dir)
         directory.mkdir(parents=True, exist_ok=True)
         self.wandb_mode = mode
+        if directory == self.run_dir:  # one wandb/ per run directory: find them all under the outputs tree
+            self._sync_all = f"wandb sync $(find {cfg.paths.output_dir} -type d -name 'offline-run-*')"
+        else:  # a shared wandb/ folder (WANDB_DIR or logger.dir)
+            self._sync_all = f"cd {directory} && wandb sync --yes"
         self.wandb_run = wandb.init(
             project=str(cfg.logger.project),
             entity=cfg.logger.get("entity"),
@@ -206,6 +222,7 @@ class RunLogger:
         self._csv.writerow(row)
         self._csv_file.flush()
         if self.wandb_run is not None:
+            self._send_evals(before=int(row["step"]))
             self.wandb_run.log(
                 {f"train/{k}": v for k, v in row.items() if k != "step" and v is not None},
                 step=int(row["step"]),
@@ -213,9 +230,24 @@ class RunLogger:
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
         self.record["history"].append({"step": int(step), **metrics})
-        if self.wandb_run is not None:
-            self.wandb_run.log({f"eval/{k}": v for k, v in metrics.items()}, step=int(step))
+        self._send_evals(before=None)
         self.flush()
+
+    def _send_evals(self, before: int | None) -> None:
+        """Log to W&B the evaluations of ``record["history"]`` it has not seen (those before step ``before``;
+        all when None), in step order. A resumed run's history, restored into ``record`` before its train_log
+        rows are replayed, thus reaches the new W&B run interleaved with those rows, as in an unbroken run."""
+        if self.wandb_run is None:
+            return
+        history = self.record["history"]
+        while self._evals_sent < len(history) and (
+            before is None or history[self._evals_sent]["step"] < before
+        ):
+            entry = history[self._evals_sent]
+            self.wandb_run.log(
+                {f"eval/{k}": v for k, v in entry.items() if k != "step"}, step=int(entry["step"])
+            )
+            self._evals_sent += 1
 
     def flush(self) -> None:
         self.record["wall_time_s"] = round(time.time() - self.start, 3)
@@ -229,6 +261,7 @@ class RunLogger:
         self._csv_file.close()
         if self.wandb_run is None:
             return
+        self._send_evals(before=None)
         summary = {f"final/{key}": value for key, value in final.items()}
         summary.update(
             {
@@ -245,7 +278,7 @@ class RunLogger:
             message = (
                 f"W&B offline run saved in {offline_dir}\n"
                 f"  upload it with: wandb sync {offline_dir}\n"
-                f"  (or all offline runs at once: wandb sync --sync-all, from {offline_dir.parent.parent})"
+                f"  (every offline run at once: {self._sync_all})"
             )
             print(message, flush=True)
             log.info(message.replace("\n", " "))

@@ -4,7 +4,9 @@
   measured N-way and 2-way against the optimiser step, mean over seeds ± standard error, horizontal lines at
   the other models' final N-way accuracy and a marker where the N-pair-mc curve first reaches each.
 - :func:`recall_at_k` — Recall@K per method with ± SE error bars and the paper's values (hollow markers).
-- :func:`metric_bars` — every metric of a table as grouped bars with ± SE and the paper's values.
+- :func:`metric_bars` — every metric of a table as grouped bars with ± SE and the paper's values
+  (:func:`table_figures` writes both for one table CSV: the call the table builder makes).
+- :func:`eval_histories` — evaluation metrics against the step from the runs' metrics.json histories.
 - :func:`embedding_projection` — a trained model's test-split embeddings projected to 2-D (PCA / t-SNE).
 
 Every figure is a PNG plus a JSON next to it (same stem) holding the plotted numbers, so a reader (or a test)
@@ -133,6 +135,11 @@ def mean_curve(logs: Sequence[dict[str, np.ndarray]], column: str) -> dict[str, 
     if not per_run:
         return None
     steps = sorted(set.intersection(*(set(r) for r in per_run)))
+    if not steps:
+        raise ValueError(
+            f"{column}: the runs share no logged step (different trainer.log_every?); "
+            "plot them under separate labels"
+        )
     values = np.array([[r[s] for s in steps] for r in per_run], dtype=np.float64)
     mean = values.mean(axis=0)
     se = values.std(axis=0, ddof=1) / math.sqrt(len(per_run)) if len(per_run) > 1 else None
@@ -344,6 +351,61 @@ def training_curves(
     )
 
 
+def eval_histories(
+    runs: dict[str, list[Path]], out: Path, metrics: Sequence[str] = ("recall@1", "nmi", "f1")
+) -> Path:
+    """Evaluation metrics (%) against the step, one panel per metric, one line per run (seeds share a colour),
+    from each run's metrics.json ``history``. Metrics no run has are left out."""
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for label, dirs in runs.items():
+        for run_dir in map(Path, dirs):
+            path = run_dir / "metrics.json"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no metrics.json; is {run_dir} a run directory?")
+            record = json.loads(path.read_text())
+            histories.setdefault(label, []).append(
+                {"run": str(run_dir), "seed": record.get("seed"), "history": record.get("history", [])}
+            )
+    present = [
+        m for m in metrics if any(m in h for runs_ in histories.values() for r in runs_ for h in r["history"])
+    ]
+    if not present:
+        raise ValueError(f"eval_histories: no run has any of {list(metrics)} in its metrics.json history")
+    colours = label_colours(list(histories))
+    data: dict[str, Any] = {"metrics": present, "runs": {}}
+    with rc_context(STYLE):
+        fig = Figure(figsize=(4.3 * len(present), 3.6))
+        axes = np.atleast_1d(fig.subplots(1, len(present)))
+        for label, records in histories.items():
+            data["runs"][label] = []
+            for i, record in enumerate(records):
+                entry = {"run": record["run"], "seed": record["seed"]}
+                for ax, metric in zip(axes, present):
+                    points = [
+                        (h["step"], 100 * h[metric]) for h in record["history"] if h.get(metric) is not None
+                    ]
+                    entry[metric] = {"steps": [p[0] for p in points], "values": [p[1] for p in points]}
+                    if points:
+                        ax.plot(
+                            *zip(*points),
+                            "o-",
+                            ms=3.5,
+                            color=colours[label],
+                            alpha=0.85,
+                            label=label if i == 0 else None,
+                        )
+                data["runs"][label].append(entry)
+        for ax, metric in zip(axes, present):
+            ax.set_title(f"{metric} (%)")
+            ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_formatter(FuncFormatter(_steps_formatter))
+        axes[0].legend(frameon=False)
+        fig.suptitle("Evaluation during training (test split; one line per seed)", fontsize=11)
+        fig.tight_layout()
+    return _save(fig, out, data)
+
+
 # ------------------------------------------------------------------------------------ table figures
 def read_table_csv(table_csv: str | Path) -> list[dict[str, Any]]:
     """Rows of a table CSV written by npair.tables (mean/se/paper in percent; empty → None)."""
@@ -472,9 +534,10 @@ def metric_bars(table_csv: Path, out: Path, metrics: Sequence[str] | None = None
                 error_kw={"lw": 1},
                 label=method,
             )
-            for xi, m in zip(x, mean):
-                if m is None:
-                    ax.text(xi, 1, "missing", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
+            for xi, m, g in zip(x, mean, get):
+                if m is None:  # a metric the row's runs do not produce is "n/a", not missing
+                    text = "n/a" if int(g.get("completed_runs") or 0) > 0 else "missing"
+                    ax.text(xi, 1, text, rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
             known = [(xi, p) for xi, p in zip(x, paper) if p is not None]
             if known:
                 xs, ps = zip(*known)
@@ -550,6 +613,30 @@ def locate_data_dir(cfg: Any, run_dir: Path) -> Path | None:
     return None
 
 
+def project_2d(embeddings: np.ndarray, method: str = "pca") -> tuple[np.ndarray, str]:
+    """2-D coordinates (scikit-learn PCA or t-SNE, seeded) and a note saying how they were made.
+
+    scikit-learn's OpenMP pool is held to one thread: once torch has run, its own OpenMP pool and
+    scikit-learn's spin against each other and t-SNE slows down by an order of magnitude.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="openmp"):
+        if method == "pca":
+            from sklearn.decomposition import PCA
+
+            pca = PCA(n_components=2, random_state=0)
+            points = pca.fit_transform(embeddings)
+            return points, f"PCA, {100 * pca.explained_variance_ratio_.sum():.0f}% of the variance"
+        if method == "tsne":
+            from sklearn.manifold import TSNE
+
+            perplexity = float(min(30.0, max(2.0, (len(embeddings) - 1) / 3)))
+            tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0)
+            return tsne.fit_transform(embeddings), f"t-SNE, perplexity {perplexity:.0f}"
+    raise ValueError(f"method={method!r}; use pca or tsne")
+
+
 def embedding_projection(
     run_dir: Path,
     out: Path,
@@ -607,18 +694,7 @@ def embedding_projection(
     similarity = str(cfg.eval.get("similarity", "cosine"))
     if similarity == "cosine":
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    if method == "pca":
-        from sklearn.decomposition import PCA
-
-        pca = PCA(n_components=2, random_state=0)
-        points = pca.fit_transform(emb)
-        axis_note = f"PCA, {100 * pca.explained_variance_ratio_.sum():.0f}% of the variance"
-    else:
-        from sklearn.manifold import TSNE
-
-        perplexity = float(min(30.0, max(2.0, (len(emb) - 1) / 3)))
-        points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(emb)
-        axis_note = f"t-SNE, perplexity {perplexity:.0f}"
+    points, axis_note = project_2d(emb, method)
 
     metrics_path = run_dir / "metrics.json"
     final = json.loads(metrics_path.read_text()).get("final", {}) if metrics_path.exists() else {}
@@ -638,8 +714,12 @@ def embedding_projection(
             )
         ax.set_xticks([])
         ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(True)
+            spine.set_color("0.8")
+        split = "unseen test classes" if getattr(splits, "protocol", "unseen") == "unseen" else "test images"
         ax.set_title(
-            f"{cfg.get('name', run_dir.name)} (seed {cfg.get('seed')}): unseen test classes{score}\n"
+            f"{cfg.get('name', run_dir.name)} (seed {cfg.get('seed')}): {split}{score}\n"
             f"{len(points)} images of {len(classes)} classes, {embedded.embeddings.shape[1]}-d "
             f"{'L2-normalised ' if similarity == 'cosine' else ''}embeddings, {axis_note}",
             fontsize=10,

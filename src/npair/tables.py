@@ -3,6 +3,7 @@
     python -m npair.tables TABLE=mini            # the default of `make reproduce-table`
     python -m npair.tables TABLE=glyphs_npair_vs_triplet --dry-run
     python -m npair.tables TABLE=mini --no-train # aggregate only
+    python -m npair.tables TABLE=mini source=wandb project=npair   # aggregate a W&B project
 
 A table spec (``configs/table/<name>.yaml``) lists rows (an experiment config each), seeds and metrics,
 the paper's reference numbers and the bolding rule; or ``include:`` a list of other tables. Runs live in
@@ -24,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -274,14 +276,39 @@ def dry_run(specs: list[TableSpec], root: Path, overrides: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------ aggregation
-def collect(spec: TableSpec, root: Path) -> dict[str, dict[str, Cell]]:
+Lookup = Callable[[Row, int], "dict[str, Any] | None"]
+
+
+def local_lookup(spec: TableSpec, root: Path) -> Lookup:
+    """Results from run directories: metrics.json, or a re-evaluation's JSON for ``evaluate_with`` rows."""
+
+    def lookup(row: Row, seed: int) -> dict[str, Any] | None:
+        path = spec.result_path(root, row, seed)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    return lookup
+
+
+def wandb_lookup(project: str, entity: str | None = None) -> Lookup:
+    """Results from a W&B project (runs grouped by experiment name); re-evaluated rows are not on W&B."""
+    from npair.wandb_source import fetch_records, select_record
+
+    records = fetch_records(project, entity=entity)
+
+    def lookup(row: Row, seed: int) -> dict[str, Any] | None:
+        return None if row.evaluate_with else select_record(records, name=row.experiment, seed=seed)
+
+    return lookup
+
+
+def collect(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> dict[str, dict[str, Cell]]:
     """Cells per row label and metric key, from the completed runs' final metrics (scaled)."""
+    lookup = lookup or local_lookup(spec, root)
     table: dict[str, dict[str, Cell]] = {}
     for row in spec.rows:
         finals = []
         for seed in spec.seeds:
-            path = spec.result_path(root, row, seed)
-            metrics = json.loads(path.read_text()) if path.exists() else None
+            metrics = lookup(row, seed)
             if metrics and metrics.get("status") == "completed":
                 finals.append(metrics.get("final", {}))
         table[row.label] = {}
@@ -352,11 +379,13 @@ def to_markdown(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
 def to_csv(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff"])
+    writer.writerow(["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff",
+                     "completed_runs"])
     for row in spec.rows:
         for metric in spec.metrics:
             c = table[row.label][metric["key"]]
-            writer.writerow([spec.name, row.label, metric["key"], c.mean, c.se, c.n, c.expected, c.paper, c.diff])
+            writer.writerow([spec.name, row.label, metric["key"], c.mean, c.se, c.n, c.expected, c.paper, c.diff,
+                             c.runs])
     return out.getvalue()
 
 
@@ -378,13 +407,24 @@ def to_latex(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     return "\n".join(lines)
 
 
-def write_table(spec: TableSpec, root: Path) -> dict[str, Path]:
-    table = collect(spec, root)
+def write_table(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> dict[str, Path]:
+    """Write ``<root>/tables/<name>.{md,csv,tex}`` and the table's figures under ``<root>/figures``."""
+    from npair.plots import table_figures, training_curves
+
+    table = collect(spec, root, lookup)
     out_dir = root / "tables"
     paths = {ext: out_dir / f"{spec.name}.{ext}" for ext in ("md", "csv", "tex")}
     atomic_write_text(paths["md"], to_markdown(spec, table))
     atomic_write_text(paths["csv"], to_csv(spec, table))
     atomic_write_text(paths["tex"], to_latex(spec, table))
+    for i, figure in enumerate(table_figures(paths["csv"], root / "figures")):
+        paths[f"figure{i}"] = figure
+    if spec.curves:
+        runs = {label: [d for seed in spec.seeds if is_complete(d := spec.run_dir(root, by_label[label], seed))]
+                for by_label in [{r.label: r for r in spec.rows}] for label in spec.curves["rows"]}
+        if all(runs.values()):
+            paths["curves"] = training_curves(runs, root / "figures" / f"{spec.name}_curves.png",
+                                              title=spec.curves.get("title", ""))
     return paths
 
 
@@ -399,13 +439,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="runs trained at once (default: 1 with a GPU, else 2 or the number of CPU cores if fewer)")
     parser.add_argument("--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)")
     args = parser.parse_args(argv)
-    args.table, args.overrides = "mini", []
+    args.table, args.source, args.project, args.entity, args.overrides = "mini", "local", None, None, []
     for item in args.assignments:
         key, _, value = item.partition("=")
-        if key == "TABLE":
-            args.table = value
+        if key in ("TABLE", "source", "project", "entity"):
+            setattr(args, key.lower(), value)
         else:
             args.overrides.append(item)
+    if args.source not in ("local", "wandb"):
+        parser.error(f"source={args.source!r}: use source=local (run directories) or source=wandb project=<name>")
+    if args.source == "wandb" and not args.project:
+        parser.error("source=wandb needs project=<W&B project> (and entity=<team> if not your default)")
     return args
 
 
@@ -417,6 +461,11 @@ def main(argv: list[str] | None = None) -> None:
         dry_run(specs, root, args.overrides)
         return
     start = time.time()
+    if args.source == "wandb":  # aggregate a W&B project: nothing is trained
+        for spec in specs:
+            paths = write_table(spec, root, wandb_lookup(args.project, args.entity))
+            print(paths["md"].read_text())
+        return
     if args.jobs is None:
         import torch
 
@@ -427,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     for spec in specs:
         paths = write_table(spec, root)
         print(paths["md"].read_text())
-        print(f"wrote {', '.join(str(p) for p in paths.values())}\n")
+        print("wrote " + ", ".join(str(p) for p in paths.values()) + "\n")
     print(f"done in {time.time() - start:.0f} s")
 
 

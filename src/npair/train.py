@@ -233,7 +233,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
     batches = BatchStream(loader, batch_sampler)
     probe = Probe(splits.train, int(trainer.probe_classes), int(cfg.seed)) if trainer.probe_classes else None
 
-    step, state = 0, None  # resume: every state the uninterrupted run would have at this step
+    step, resumed_at = 0, None  # resume: every state the uninterrupted run would have at this step
     if resume.checkpoint is not None:
         path = resume.checkpoint
         state = ddp.on_main(lambda: ckpt.load(path), ctx)
@@ -241,7 +241,9 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
         for module, key in ((model, "model"), (loss_fn, "loss"), (optimizer, "optimizer"), (scheduler, "scheduler"),
                             (scaler, "scaler"), (sampler, "sampler"), (batches, "stream")):
             ckpt.load_module(module, state[key], path, key)
-        step = int(state["step"])
+        step = resumed_at = int(state["step"])
+        resumed_rng, resumed_log = ckpt.rng_for_rank(state, ctx.rank), ckpt.logger_state(state)
+        del state
         log.info("resuming %s from %s at step %d (epoch %d, batch %d of it)", run_dir, path, step,
                  batches.epoch, batches.position)
 
@@ -253,14 +255,14 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
         "n_train": len(splits.train), "n_test": len(splits.test), "protocol": splits.protocol,
         "tags": list(cfg.get("tags", [])), "torch": torch.__version__, "world_size": ctx.world_size,
         "host": socket.gethostname(), "pid": os.getpid(),
-        "resumed_from_step": step if state is not None else None,
+        "resumed_from_step": resumed_at,
     }
     if ctx.is_main:  # rank 0 alone writes the run directory and talks to W&B
         atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-        carried_rows = ckpt.previous_train_rows(run_dir / "train_log.csv", step) if state is not None else []
+        carried_rows = ckpt.previous_train_rows(run_dir / "train_log.csv", step) if resumed_at is not None else []
         logger: Any = RunLogger(run_dir, cfg, header)
-        if state is not None:
-            ckpt.restore_logger(logger, state, carried_rows)
+        if resumed_at is not None:
+            ckpt.restore_logger(logger, resumed_log, carried_rows)
     else:
         logger = ddp.SilentLogger()
     log.info("run %s: %s | %s | %s on %s × %d (%d train / %d test images)", run_dir, cfg.loss.name,
@@ -274,7 +276,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
     checkpoint_every = int(trainer.checkpoint_every or 0)
     n_per_class = int(cfg.sampler.get("n_per_class", 2))
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    saved_step = step if state is not None else None
+    saved_step = resumed_at
     resolved_config, resolved_hash = OmegaConf.to_container(cfg, resolve=True), header["config_hash"]
 
     def checkpoint(step: int) -> None:
@@ -308,8 +310,8 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
         checkpoint(step)
         return metrics
 
-    if state is not None:  # last: everything above that drew random numbers has drawn them
-        ckpt.restore_rng(ckpt.rng_for_rank(state, ctx.rank))
+    if resumed_at is not None:  # last: everything above that drew random numbers has drawn them
+        ckpt.restore_rng(resumed_rng)
     status, final, done = "completed", {}, step
     stop = ckpt.GracefulStop()
     train_model.train()
@@ -361,12 +363,15 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
                     evaluate_and_log(step)
                 elif checkpoint_every and step % checkpoint_every == 0 and step < max_steps:
                     checkpoint(step)
-                if ddp.any_rank(stop.requested is not None, ctx, device):  # SIGINT/SIGTERM: stop cleanly
+                if step < max_steps and ddp.any_rank(stop.requested is not None, ctx, device):  # SIGINT/SIGTERM
                     if saved_step != step:
                         checkpoint(step)
                     raise KeyboardInterrupt
             bar.close()
-            final = evaluate_and_log(max_steps)
+            if resumed_at == max_steps:  # killed after the final evaluation was saved: it is in the history
+                final = {k: v for k, v in logger.record["history"][-1].items() if k != "step"} if ctx.is_main else {}
+            else:
+                final = evaluate_and_log(max_steps)
     except KeyboardInterrupt:
         bar.close()
         status = "interrupted"

@@ -297,6 +297,13 @@ def fetch_records(
     if api is None:
         import wandb
 
+        from npair.loggers import wandb_api_key_available
+
+        if not wandb_api_key_available():  # wandb.Api() would prompt for a key on a terminal
+            raise RuntimeError(
+                f"reading W&B project {project!r} needs credentials: set WANDB_API_KEY or run `wandb login` "
+                "(or aggregate the local run directories instead)"
+            )
         api = wandb.Api(timeout=60)
     path = f"{entity}/{project}" if entity else project
     records = []

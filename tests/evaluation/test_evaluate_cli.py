@@ -113,9 +113,8 @@ def test_cli_on_a_training_run_directory(tmp_path):
 def test_cli_on_a_seen_class_softmax_run(tmp_path):
     """Seen-class protocol through the run path: the training split is embedded as the kNN
     reference and the softmax loss' classifier gives the † accuracy."""
-    from tests.conftest import compose_config
-
     from npair.train import run
+    from tests.conftest import compose_config
 
     overrides = [
         "dataset=digits",

@@ -182,3 +182,18 @@ def test_mean_and_standard_error():
     assert mean == pytest.approx(0.6)
     assert se == pytest.approx(np.std([0.5, 0.7, 0.9, 0.3], ddof=1) / 2)
     assert np.isnan(mean_and_standard_error([1.0])[1])
+
+
+def test_clustering_metrics_never_build_a_dense_contingency_table():
+    """SOP has 11,316 classes and clusters: a dense table would be 1 GB (int64)."""
+    import tracemalloc
+
+    classes = np.arange(20_000) // 2
+    clusters = np.arange(20_000) % 7_000  # dense: 10,000 × 7,000 × 8 bytes = 560 MB
+    tracemalloc.start()
+    f1, score = pair_f1(classes, clusters), nmi(classes, clusters)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 2**20
+    assert f1 == pytest.approx(_sklearn_pair_f1(classes, clusters))
+    assert score == pytest.approx(normalized_mutual_info_score(classes, clusters))

@@ -19,10 +19,11 @@ Backends:
   tol=0)`` — the same algorithm (Lloyd, random init), used when faiss is absent.
 * ``"torch"``: the same Lloyd iterations in torch (chunked ``x @ cᵀ`` assignment on the
   evaluator's device), random initialisation from ``seed`` (k distinct points), empty
-  clusters re-seeded by splitting a large cluster as faiss does. On the 2-core
-  development machine it is several times faster than faiss-cpu (the faiss-cpu wheel's
-  exhaustive search is slow there; ``scripts/bench_evaluator.py``).
-* ``"auto"``: torch.
+  clusters re-seeded by splitting a large cluster as faiss does. Useful on a GPU when
+  faiss has no GPU support.
+* ``"auto"``: faiss when importable, else scikit-learn. (At SOP scale on the 2-core
+  development machine faiss k-means took 180 s per seed and torch 401 s; see
+  ``scripts/bench_evaluator.py``.)
 
 Different backends draw different initialisations, so NMI/F1 agree between them only up
 to k-means' seed-to-seed noise; for a fixed backend and seed they are deterministic.
@@ -61,7 +62,7 @@ def kmeans(
     if backend not in KMEANS_BACKENDS:
         raise ValueError(f"kmeans backend={backend!r} is not one of {KMEANS_BACKENDS}")
     if backend == "auto":
-        backend = "torch"
+        backend = "faiss" if faiss_available() else "sklearn"
     if backend == "torch":
         return _torch_kmeans(x, k, seed=int(seed), niter=niter, device=device)
     if backend == "faiss" and not faiss_available():

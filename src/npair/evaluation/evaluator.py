@@ -94,7 +94,7 @@ class Evaluator:
         chunk_size: queries per search chunk (None: automatic, bounded memory).
         kmeans_seeds: number of k-means seeds (seeds ``0..S-1``) or an explicit list.
         kmeans_niter: Lloyd iterations per k-means run.
-        kmeans_backend: ``auto`` (torch) | ``torch`` | ``faiss`` | ``sklearn``.
+        kmeans_backend: ``auto`` (faiss, else sklearn) | ``faiss`` | ``sklearn`` | ``torch``.
         knn_k: neighbours voting in ``knn_acc`` (majority vote, tie-break in
             :func:`~npair.evaluation.metrics.majority_vote`).
         vrf_negatives: the k values of VRF(neg=k).
