@@ -116,8 +116,8 @@ def setup(trainer: DictConfig, device: torch.device) -> tuple[Context, torch.dev
         log.info("trainer=ddp in a single process (no torchrun/SLURM tasks): training without DDP")
         return SINGLE, device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+    if device.type == "cuda":  # one GPU per local rank (SLURM may already show each task just its own GPU)
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     spec = str(trainer.ddp.backend)
     backend = ("nccl" if device.type == "cuda" else "gloo") if spec == "auto" else spec

@@ -21,7 +21,8 @@ CONFIG_FILE = "config.yaml"
 
 # Keys that say where/how a run is logged, not what it computes: excluded from the config hash.
 _HASH_EXCLUDED = ("paths", "logger", "tags")
-_HASH_EXCLUDED_TRAINER = ("progress_bar", "num_workers", "eval_batch_size", "save_checkpoint", "log_every")
+_HASH_EXCLUDED_TRAINER = ("progress_bar", "num_workers", "eval_batch_size", "save_checkpoint", "log_every", "resume",
+                          "checkpoint_every", "pin_memory", "threads")
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -437,6 +437,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-train", action="store_true", help="aggregate existing runs only")
     parser.add_argument("--jobs", type=int, default=None,
                         help="runs trained at once (default: 1 with a GPU, else 2 or the number of CPU cores if fewer)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds replacing the tables' own (quick checks)")
     parser.add_argument("--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)")
     args = parser.parse_args(argv)
     args.table, args.source, args.project, args.entity, args.overrides = "mini", "local", None, None, []
@@ -457,6 +458,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     root = Path(args.outputs or Path(os.environ.get("NPAIR_ROOT", ".")) / "outputs").resolve()
     specs = [load_spec(name) for name in table_names(args.table)]
+    if args.seeds:
+        for spec in specs:
+            spec.seeds = [int(seed) for seed in args.seeds.split(",")]
     if args.dry_run:
         dry_run(specs, root, args.overrides)
         return

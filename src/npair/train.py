@@ -219,7 +219,8 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
 
         def embed_items(indices: np.ndarray) -> Tensor:
             subset = torch.utils.data.Subset(splits.train, [int(i) for i in indices])
-            embedded = embed_dataset(model, subset, batch_size=int(trainer.eval_batch_size), device=device)
+            embedded = embed_dataset(model, subset, batch_size=int(trainer.eval_batch_size), device=device,
+                                     num_workers=int(trainer.num_workers))
             model.train()
             return torch.from_numpy(embedded.embeddings)
 
@@ -253,7 +254,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "dataset": cfg.dataset.name, "loss": cfg.loss.name, "sampler": cfg.sampler.name,
         "n_train": len(splits.train), "n_test": len(splits.test), "protocol": splits.protocol,
-        "tags": list(cfg.get("tags", [])), "torch": torch.__version__, "world_size": ctx.world_size,
+        "probe_classes": probe.n if probe else 0, "tags": list(cfg.get("tags", [])), "torch": torch.__version__, "world_size": ctx.world_size,
         "host": socket.gethostname(), "pid": os.getpid(),
         "resumed_from_step": resumed_at,
     }

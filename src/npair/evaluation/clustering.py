@@ -43,6 +43,15 @@ KMEANS_BACKENDS = ("auto", "torch", "faiss", "sklearn")
 SPLIT_EPS = 1.0 / 1024  # faiss Clustering: relative perturbation when splitting a cluster
 
 
+def resolve_kmeans_backend(backend: str) -> str:
+    """The k-means backend actually used: ``auto`` is faiss when importable, else sklearn."""
+    if backend not in KMEANS_BACKENDS:
+        raise ValueError(f"kmeans backend={backend!r} is not one of {KMEANS_BACKENDS}")
+    if backend == "auto":
+        return "faiss" if faiss_available() else "sklearn"
+    return backend
+
+
 def kmeans(
     x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, backend: str = "auto", device: str = "cpu"
 ) -> np.ndarray:
@@ -59,10 +68,7 @@ def kmeans(
     n = len(x)
     if not 1 <= k <= n:
         raise ValueError(f"k-means with k={k} clusters needs 1 <= k <= n={n} points")
-    if backend not in KMEANS_BACKENDS:
-        raise ValueError(f"kmeans backend={backend!r} is not one of {KMEANS_BACKENDS}")
-    if backend == "auto":
-        backend = "faiss" if faiss_available() else "sklearn"
+    backend = resolve_kmeans_backend(backend)
     if backend == "torch":
         return _torch_kmeans(x, k, seed=int(seed), niter=niter, device=device)
     if backend == "faiss" and not faiss_available():

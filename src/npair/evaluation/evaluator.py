@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from . import EmbeddingSet
-from .clustering import KMEANS_BACKENDS, clustering_scores
+from .clustering import KMEANS_BACKENDS, clustering_scores, resolve_kmeans_backend
 from .knn import BACKENDS, check_similarity, iter_knn, iter_retrieval, prepare_embeddings, resolve_backend
 from .metrics import (
     average_precision_at_r_per_query,
@@ -204,7 +204,7 @@ class Evaluator:
             meta.update(
                 kmeans_seeds=list(self.kmeans_seeds),
                 kmeans_niter=self.kmeans_niter,
-                kmeans_backend=self.kmeans_backend,
+                kmeans_backend=resolve_kmeans_backend(self.kmeans_backend),
                 kmeans_k=test.num_classes,
             )
         if "knn_acc" in self.metrics:

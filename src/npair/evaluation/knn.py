@@ -257,7 +257,11 @@ def topk_ties_by_index(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     checked with one comparison pass; only rows with such a tie are redone."""
     values, idx = torch.topk(s, k, dim=1, largest=True, sorted=True)
     kth = values[:, -1:]
-    straddle = torch.nonzero((s >= kth).sum(1) > k).flatten()
+    if s.device.type == "cpu":  # numpy reductions: ~2x faster than torch's on CPU
+        at_or_above = torch.from_numpy(np.greater_equal(s.numpy(), kth.numpy()).sum(1, dtype=np.int64))
+    else:
+        at_or_above = (s >= kth).sum(1)
+    straddle = torch.nonzero(at_or_above > k).flatten()
     for i in straddle.tolist():
         row = s[i]
         above = torch.nonzero(row > kth[i]).flatten()
@@ -390,6 +394,21 @@ def iter_retrieval(
     yield from _torch_retrieval(x, labels, k_top, similarity, device, chunk_size)
 
 
+def _count_at_least(s: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: how many scores are ``> threshold`` and ``>= threshold`` (int64).
+
+    On CPU the comparisons run in numpy on the same memory (about 2x faster than torch's
+    bool reductions on the development machine); on GPU in torch.
+    """
+    if s.device.type == "cpu":
+        sn, tn = s.numpy(), threshold.numpy()[:, None]
+        above = np.greater(sn, tn).sum(1, dtype=np.int64)
+        at_or_above = np.greater_equal(sn, tn).sum(1, dtype=np.int64)
+        return torch.from_numpy(above), torch.from_numpy(at_or_above)
+    t = threshold[:, None]
+    return (s > t).sum(1), (s >= t).sum(1)
+
+
 def _torch_retrieval(x, labels, k_top, similarity, device, chunk_size):
     dev = torch.device(device)
     n = len(x)
@@ -418,8 +437,7 @@ def _torch_retrieval(x, labels, k_top, similarity, device, chunk_size):
             pos_scores = torch.where(valid, s.gather(1, cols), -math.inf)
             best, best_slot = pos_scores.max(dim=1)  # first maximum = lowest index among tied positives
             best_col = cols[rows, best_slot]
-            above = (s > best[:, None]).sum(1)
-            at_or_above = (s >= best[:, None]).sum(1)
+            above, at_or_above = _count_at_least(s, best)
             first = above.clone()
             tied = torch.nonzero(at_or_above - above > 1).flatten()
             for i in tied.tolist():  # exact ties with the best positive (duplicates): lower index first
