@@ -254,7 +254,8 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "dataset": cfg.dataset.name, "loss": cfg.loss.name, "sampler": cfg.sampler.name,
         "n_train": len(splits.train), "n_test": len(splits.test), "protocol": splits.protocol,
-        "probe_classes": probe.n if probe else 0, "tags": list(cfg.get("tags", [])), "torch": torch.__version__, "world_size": ctx.world_size,
+        "probe_classes": probe.n if probe else 0, "tags": list(cfg.get("tags", [])), "torch": torch.__version__,
+        "world_size": ctx.world_size,
         "host": socket.gethostname(), "pid": os.getpid(),
         "resumed_from_step": resumed_at,
     }
