@@ -15,22 +15,11 @@ import pytest
 from matplotlib.image import imread
 
 from npair import plots
+from npair.loggers import RunLogger
 from tests.test_loggers import PAPER, tiny_outputs
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = [
-    "step",
-    "epoch",
-    "loss",
-    "lr",
-    "images_per_s",
-    "batch_acc",
-    "probe_nway_acc",
-    "probe_2way_acc",
-    "probe_nway_loss",
-    "probe_2way_loss",
-    "elapsed_s",
-]
+COLUMNS = list(RunLogger.CSV_FIELDS)  # the columns of a real train_log.csv
 
 
 @pytest.fixture(scope="module")
