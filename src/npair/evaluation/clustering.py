@@ -22,7 +22,7 @@ Backends:
   clusters re-seeded by splitting a large cluster as faiss does. Useful on a GPU when
   faiss has no GPU support.
 * ``"auto"``: faiss when importable, else scikit-learn. (At SOP scale on the 2-core
-  development machine faiss k-means took 180 s per seed and torch 401 s; see
+  development machine faiss k-means took 146 s per seed and torch 224 s; see
   ``scripts/bench_evaluator.py``.)
 
 Different backends draw different initialisations, so NMI/F1 agree between them only up
