@@ -47,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from npair import distributed as npd
+from npair.models.batchnorm import replace_children
 
 log = logging.getLogger("npair.ddp")
 
@@ -282,11 +283,7 @@ def _to_global_batchnorm(module: nn.Module) -> nn.Module:
             replaced.num_batches_tracked = module.num_batches_tracked
         replaced.train(module.training)
         return replaced
-    for name, child in module.named_children():
-        new = _to_global_batchnorm(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
+    return replace_children(module, _to_global_batchnorm)
 
 
 def wrap(module: nn.Module, ctx: Context, device: torch.device) -> nn.Module:

@@ -144,14 +144,9 @@ def _classifier(cfg, state, splits, device):
     """
     if not state.get("loss"):
         return None
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from npair.train import build_loss
 
-    loss_cfg = OmegaConf.to_container(cfg.loss, resolve=True)
-    loss_cfg.pop("name", None)
-    if "num_classes" in loss_cfg and loss_cfg["num_classes"] is None:
-        loss_cfg["num_classes"] = splits.num_train_classes
-    loss = instantiate(loss_cfg)
+    loss = build_loss(cfg, splits)
     loss.load_state_dict(state["loss"])
     loss.to(device).eval()
     if callable(getattr(loss, "logits", None)):

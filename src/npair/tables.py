@@ -239,7 +239,7 @@ def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> Non
 
     from npair.models import build_model
     from npair.runio import CHECKPOINT_FILE, atomic_write_json
-    from npair.train import evaluate, make
+    from npair.train import build_loss, evaluate, make
 
     run_dir = run_dir_of(root, row.experiment, seed)
     cfg = compose_run(row.experiment, seed, [*overrides, *row.evaluate_with])
@@ -247,8 +247,7 @@ def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> Non
     splits = instantiate(cfg.dataset.build)
     model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
     model.load_state_dict(checkpoint["model"])
-    loss_kwargs = {"num_classes": splits.num_train_classes} if cfg.loss.get("num_classes", 0) is None else {}
-    loss_fn = make(cfg.loss, **loss_kwargs)
+    loss_fn = build_loss(cfg, splits)
     loss_fn.load_state_dict(checkpoint.get("loss", {}))
     evaluator = make(cfg.eval)
     metrics = evaluate(model, loss_fn, splits, evaluator, cfg, torch.device("cpu"))

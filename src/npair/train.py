@@ -57,6 +57,12 @@ def make(node: DictConfig, **kwargs: Any) -> Any:
     return instantiate(container, **kwargs)
 
 
+def build_loss(cfg: DictConfig, splits: DatasetSplits) -> nn.Module:
+    """The configured loss; ``loss.num_classes: null`` (a classifier) becomes the number of training classes."""
+    kwargs = {"num_classes": splits.num_train_classes} if cfg.loss.get("num_classes", 0) is None else {}
+    return make(cfg.loss, **kwargs)
+
+
 def pick_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -205,8 +211,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
     channels_last = device.type == "cuda" if trainer.channels_last == "auto" else bool(trainer.channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_kwargs = {"num_classes": splits.num_train_classes} if cfg.loss.get("num_classes", 0) is None else {}
-    loss_fn: nn.Module = make(cfg.loss, **loss_kwargs).to(device)
+    loss_fn: nn.Module = build_loss(cfg, splits).to(device)
     sampler = make(cfg.sampler, labels=np.asarray(splits.train.labels), seed=int(cfg.seed), **per_rank_batch,
                    num_replicas=ctx.world_size, rank=ctx.rank)
     check_compatible(loss_fn, sampler, cfg)

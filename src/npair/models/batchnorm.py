@@ -8,6 +8,8 @@ four tensors as buffers, so neither ``model.train()`` nor the optimiser changes 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -26,8 +28,13 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
             frozen.running_mean.copy_(module.running_mean)
             frozen.running_var.copy_(module.running_var)
         return frozen
+    return replace_children(module, freeze_batchnorm)
+
+
+def replace_children(module: nn.Module, fn: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Apply ``fn`` to every child of ``module`` (``fn`` recurses), putting back what it returns, in place."""
     for name, child in module.named_children():
-        replaced = freeze_batchnorm(child)
+        replaced = fn(child)
         if replaced is not child:
             setattr(module, name, replaced)
     return module
