@@ -22,7 +22,7 @@ from npair.checkpoint import restore_logger
 from npair.loggers import RunLogger, batch_shape_tag, resolve_wandb_mode, run_tags
 from npair.tables import Row, TableSpec, write_table
 from npair.train import run
-from npair.wandb_source import find_offline_runs, read_offline_run
+from npair.wandb_source import find_offline_runs, read_offline_run, wait_for_exit_record
 from tests.conftest import TINY, compose_config
 
 _CACHE: dict[str, Any] = {}
@@ -155,6 +155,13 @@ def test_a_resumed_run_sends_its_restored_history_to_wandb(
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    waited: list[Path] = []
+
+    def wait(path: Path, timeout_s: float) -> bool:
+        waited.append(path)
+        return wait_for_exit_record(path, timeout_s)
+
+    monkeypatch.setattr("npair.loggers.wait_for_exit_record", wait)
     cfg = compose_config(
         [*[o for o in TINY if o != "logger=none"], "logger=wandb", "name=t/resume"], tmp_path
     )
@@ -170,6 +177,7 @@ def test_a_resumed_run_sends_its_restored_history_to_wandb(
     with contextlib.redirect_stdout(io.StringIO()):
         logger.finish("completed", {"recall@1": 0.5})
     (file,) = find_offline_runs(tmp_path / "wb")
+    assert waited == [file]  # finish() waited for wandb to write the file before reading is safe
     rows = [(r["_step"], r.get("train/loss"), r.get("eval/recall@1")) for r in read_offline_run(file).history]
     assert rows == [(1, 1.0, None), (2, 0.5, 0.25), (3, 0.3, None), (4, None, 0.5)]
 

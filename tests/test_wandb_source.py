@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from npair.wandb_source import (
     read_wandb_file,
     record_from_run,
     select_record,
+    wait_for_exit_record,
 )
 from tests.test_loggers import tiny_outputs
 
@@ -224,3 +227,22 @@ def test_fetch_records_without_credentials_fails_instead_of_prompting(
     monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
     with pytest.raises(RuntimeError, match="needs credentials: set WANDB_API_KEY or run `wandb login`"):
         fetch_records("npair")
+
+
+def test_wait_for_exit_record_waits_for_wandb_to_write_the_file(tmp_path: Path) -> None:
+    # wandb.finish() in offline mode can return while the run file is still its 7-byte header
+    run, exit_record = wandb_internal_pb2.Record(), wandb_internal_pb2.Record()
+    run.run.run_id = "abc"
+    exit_record.exit.exit_code = 0
+    path = tmp_path / "run-abc.wandb"
+    path.write_bytes(write_log([]))
+    full = write_log([run.SerializeToString(), exit_record.SerializeToString()])
+    writer = threading.Timer(0.3, lambda: path.write_bytes(full))
+    start = time.monotonic()
+    writer.start()
+    assert wait_for_exit_record(path, timeout_s=10.0)
+    assert time.monotonic() - start >= 0.3
+    writer.join()
+    path.write_bytes(write_log([run.SerializeToString()]))  # never finished: give up after the timeout
+    assert not wait_for_exit_record(path, timeout_s=0.2)
+    assert not wait_for_exit_record(tmp_path / "missing.wandb", timeout_s=0.1)

@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from npair.runio import METRICS_FILE, METRICS_SCHEMA_VERSION, atomic_write_json
+from npair.wandb_source import wait_for_exit_record
 
 log = logging.getLogger("npair.loggers")
 
@@ -152,6 +153,7 @@ class RunLogger:
         "probe_2way_loss",
         "elapsed_s",
     )
+    OFFLINE_FLUSH_TIMEOUT_S = 30.0  # finish(): how long to wait for wandb to write the offline run file
 
     def __init__(self, run_dir: Path, cfg: DictConfig, header: dict[str, Any]) -> None:
         self.run_dir = Path(run_dir)
@@ -272,9 +274,17 @@ class RunLogger:
         )
         self.wandb_run.summary.update(summary)
         offline_dir = Path(self.wandb_run.dir).parent
+        run_file = offline_dir / f"run-{self.wandb_run.id}.wandb"
         self.wandb_run.finish(exit_code=0 if status == "completed" else 1)
         self.wandb_run = None
         if self.wandb_mode == "offline":
+            if not wait_for_exit_record(run_file, timeout_s=self.OFFLINE_FLUSH_TIMEOUT_S):
+                log.warning(
+                    "%s: W&B had not finished writing the offline run after %.0f s; "
+                    "it completes when this process exits",
+                    run_file,
+                    self.OFFLINE_FLUSH_TIMEOUT_S,
+                )
             message = (
                 f"W&B offline run saved in {offline_dir}\n"
                 f"  upload it with: wandb sync {offline_dir}\n"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -105,6 +106,32 @@ def read_wandb_file(path: str | Path) -> list[Any]:
         record.ParseFromString(raw)
         records.append(record)
     return records
+
+
+def wait_for_exit_record(path: str | Path, timeout_s: float = 30.0, poll_s: float = 0.05) -> bool:
+    """Wait until the run file at ``path`` holds its ``exit`` record; True once it does, False on timeout.
+
+    ``wandb.finish()`` in offline mode returns before wandb's core process has written the run file (it
+    can still be its 7-byte header), so a reader that opens it at once sees no history. RunLogger waits
+    here before it reports the offline run as saved.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    path = Path(path)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if path.is_file():
+            try:
+                for raw in read_chunks(path.read_bytes(), str(path)):
+                    record = wandb_internal_pb2.Record()
+                    record.ParseFromString(raw)
+                    if record.WhichOneof("record_type") == "exit":
+                        return True
+            except ValueError:  # header not written yet, or a chunk mid-write
+                pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
 
 
 def _item_key(item: Any) -> list[str]:
