@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
@@ -19,6 +18,8 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
     The frozen layer keeps the running statistics, affine parameters and ``eps`` of the original.
     """
+    from torchvision.ops.misc import FrozenBatchNorm2d  # torchvision's import costs seconds: only when used
+
     if isinstance(module, nn.BatchNorm2d):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         if module.affine:
@@ -42,6 +43,8 @@ def replace_children(module: nn.Module, fn: Callable[[nn.Module], nn.Module]) ->
 
 def count_batchnorm(module: nn.Module) -> tuple[int, int]:
     """``(trainable BatchNorm2d layers, FrozenBatchNorm2d layers)`` in ``module``."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
     bn = sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
     frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in module.modules())
     return bn, frozen
