@@ -35,11 +35,13 @@ def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert ckpt["step"] == 4 and "model" in ckpt and ckpt["config"]["seed"] == 0
 
 
-def test_same_config_and_seed_give_identical_metrics(tmp_path: Path) -> None:
-    first = run(compose_config(TINY, tmp_path), tmp_path / "a")
-    second = run(compose_config(TINY, tmp_path), tmp_path / "b")
+@pytest.mark.parametrize("channels_last", ["auto", "true"])  # true: the mini tables' CPU setting
+def test_same_config_and_seed_give_identical_metrics(tmp_path: Path, channels_last: str) -> None:
+    overrides = [*TINY, f"trainer.channels_last={channels_last}"]
+    first = run(compose_config(overrides, tmp_path), tmp_path / "a")
+    second = run(compose_config(overrides, tmp_path), tmp_path / "b")
     assert first == second  # exact, not approximate
-    other_seed = run(compose_config([*TINY, "seed=1"], tmp_path), tmp_path / "c")
+    other_seed = run(compose_config([*overrides, "seed=1"], tmp_path), tmp_path / "c")
     assert other_seed != first
 
 
