@@ -76,7 +76,7 @@ def make_embeddings(n: int, classes: int, dim: int, noise: float, seed: int) -> 
 
 
 def _worker(name: str, data: str) -> dict:
-    import torch  # noqa: F401  (torch before faiss: faiss #2126)
+    import torch
 
     with np.load(data) as d:
         x, labels = d["x"], d["labels"]

@@ -95,7 +95,7 @@ def main() -> None:
           f"median of {args.repeats}; ×: speed-up over the first row\n{header}\n{'-' * len(header)}")
     for s in summary:
         widths = ",".join(map(str, s["widths"]))
-        print(f"{str(s['channels_last']):<13} {widths:<17} {s['s_per_step']:>7.3f} {s['run_s']:>6.1f} "
+        print(f"{s['channels_last']!s:<13} {widths:<17} {s['s_per_step']:>7.3f} {s['run_s']:>6.1f} "
               f"{s['speedup_step']:>6.2f} {s['speedup_run']:>6.2f}  {', '.join(f'{v:.4f}' for v in s['recall@1'])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": "bench_mini_run", "experiment": args.experiment, "steps": args.steps,

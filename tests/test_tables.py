@@ -8,8 +8,19 @@ from pathlib import Path
 import pytest
 
 from npair.runio import atomic_write_json
-from npair.tables import (Cell, Row, TableSpec, bold_mask, collect, load_spec, mean_se, missing_runs, table_names,
-                          to_markdown, write_table)
+from npair.tables import (
+    Cell,
+    Row,
+    TableSpec,
+    bold_mask,
+    collect,
+    load_spec,
+    mean_se,
+    missing_runs,
+    table_names,
+    to_markdown,
+    write_table,
+)
 
 
 def make_spec() -> TableSpec:

@@ -29,18 +29,18 @@ from npair.distributed import gather_no_grad, gather_with_grad
 RegForm = Literal["tf_npairs", "mean_squared", "mean_norm", "none"]
 
 __all__ = [
-    "EmbeddingNormRegularizer",
     "ContrastiveLoss",
+    "EmbeddingNormRegularizer",
+    "NPairMCLoss",
+    "NPairOVOLoss",
+    "SoftmaxLoss",
     "TripletLoss",
     "TripletNMLoss",
     "TupletLoss",
-    "NPairOVOLoss",
-    "NPairMCLoss",
-    "SoftmaxLoss",
     "split_class_blocks",
+    "split_pairs",
     "split_triplets",
     "split_tuplets",
-    "split_pairs",
 ]
 
 

@@ -45,11 +45,11 @@ SmallClassPolicy = Literal["error", "drop", "replace"]
 EpochLength = Literal["classes", "images"] | int
 
 __all__ = [
-    "NPairSampler",
-    "TripletSampler",
-    "PairSampler",
-    "TupletSampler",
     "HardNegativeClassSampler",
+    "NPairSampler",
+    "PairSampler",
+    "TripletSampler",
+    "TupletSampler",
 ]
 
 

@@ -23,9 +23,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -220,7 +220,7 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
     launched = 0
     for seeds, experiments in groups.items():
         n = len(seeds) * len(experiments)
-        launcher = [f"hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 and n > 1 else []
+        launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 and n > 1 else []
         cmd = [sys.executable, "-m", "npair.train", "-m", *launcher, f"experiment={','.join(experiments)}",
                f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={root / 'runs'}",
                "hydra.sweep.subdir=${name}/seed${seed}", *overrides]
@@ -363,8 +363,8 @@ def to_markdown(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
                      + (f" ± {row.paper_se[k]:.{spec.decimals}f}" if k in row.paper_se else "") for k in keys]
             diff = [("—" if table[row.label][k].diff is None else f"{table[row.label][k].diff:+.{spec.decimals}f}")
                     for k in keys]
-            out.write(f"| ↳ paper | " + " | ".join(paper) + " |\n")
-            out.write(f"| ↳ ours − paper | " + " | ".join(diff) + " |\n")
+            out.write("| ↳ paper | " + " | ".join(paper) + " |\n")
+            out.write("| ↳ ours − paper | " + " | ".join(diff) + " |\n")
     out.write(f"\nMean ± standard error over seeds {spec.seeds}; bold: the best and those whose ±SE interval "
               "overlaps it (the paper's rule).")
     if has_paper and spec.paper_source:

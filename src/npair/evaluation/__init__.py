@@ -75,6 +75,6 @@ class EmbeddingSet:
         return int(np.unique(self.labels).size)
 
 
-from .evaluator import EvalResult, Evaluator  # noqa: E402  (needs EmbeddingSet above)
+from .evaluator import EvalResult, Evaluator
 
 __all__ = ["EmbeddingSet", "EvalResult", "Evaluator"]

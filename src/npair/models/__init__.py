@@ -60,4 +60,4 @@ def build_model(backbone_cfg: Any, embedding_dim: int) -> EmbeddingModel:
     return EmbeddingModel(net, embedding_dim, head_init=backbone_cfg.get("head_init", "default"))
 
 
-__all__ = ["EmbeddingModel", "build_model", "init_head", "HEAD_INITS"]
+__all__ = ["HEAD_INITS", "EmbeddingModel", "build_model", "init_head"]
