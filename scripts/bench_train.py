@@ -14,12 +14,9 @@ optimiser step, on whatever device is present (CUDA if available). Writes output
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +24,8 @@ import torch
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 
-from hydra import compose, initialize_config_dir
-
-from npair.train import run
+from timed_run import timed_run
 
 LOSSES = ("triplet", "npair_mc", "npair_ovo", "triplet_nm", "contrastive", "tuplet", "softmax")
 
@@ -74,17 +68,9 @@ def measure(loss: str, data_root: Path, workdir: Path, args: argparse.Namespace,
         f"trainer.compile={str(args.compile).lower()}", "trainer.deterministic=false", "eval.kmeans_seeds=1",
         "logger=none", f"paths.root_dir={workdir}",
     ]
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    run_dir = workdir / loss
-    started = time.perf_counter()
-    run(cfg, run_dir)
-    total = time.perf_counter() - started
-    with open(run_dir / "train_log.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    elapsed = [float(r["elapsed_s"]) for r in rows]
-    seconds = elapsed[-1] - elapsed[args.warmup - 1]  # the steps after the warm-up, end to end
-    record = json.loads((run_dir / "metrics.json").read_text())
+    timed = timed_run(overrides, workdir / loss)
+    seconds = timed.seconds_after(args.warmup)  # the steps after the warm-up, end to end
+    record, total = timed.record, timed.seconds
     return {"loss": loss, "images_per_step": images_per_step, "steps": args.steps, "warmup_steps": args.warmup,
             "images_per_s": round(images_per_step * args.steps / seconds, 2),
             "s_per_step": round(seconds / args.steps, 3), "device": record["device"],

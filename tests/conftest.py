@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import npair.train  # noqa: F401  (registers the ${pid:} resolver used by the configs)
+from npair.train import compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -34,8 +33,7 @@ TINY = [
 
 def compose_config(overrides: list[str] | None = None, tmp_path: Path | None = None) -> DictConfig:
     extra = [f"paths.root_dir={tmp_path}"] if tmp_path is not None else []
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[*extra, *(overrides or [])])
+    return compose_train([*extra, *(overrides or [])])
 
 
 @pytest.fixture

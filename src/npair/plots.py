@@ -438,6 +438,15 @@ def _methods(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in rows))
 
 
+def _legend_with_paper(ax: Any, methods: dict[str, Any], paper_key: Line2D, paper_label: str, **kwargs: Any) -> None:
+    """The legend of ``ax``, plus one entry for the paper's markers when any method has a paper value."""
+    handles, names = ax.get_legend_handles_labels()
+    if any(any(p is not None for p in m["paper"]) for m in methods.values()):
+        handles.append(paper_key)
+        names.append(paper_label)
+    ax.legend(handles, names, frameon=False, **kwargs)
+
+
 def recall_at_k(table_csv: Path, out: Path) -> Path:
     """Recall@K against K for each method of a table (paper Table 2 style), mean ± SE over seeds.
 
@@ -493,11 +502,8 @@ def recall_at_k(table_csv: Path, out: Path) -> Path:
         ax.set_xlabel("K")
         ax.set_ylabel("Recall@K (%)")
         ax.set_title(f"{table}: Recall@K (mean ± SE over seeds)")
-        handles, names = ax.get_legend_handles_labels()
-        if any(any(p is not None for p in m["paper"]) for m in data["methods"].values()):
-            handles.append(Line2D([], [], ls="--", marker="o", mfc="none", color="0.4"))
-            names.append("paper (hollow)")
-        ax.legend(handles, names, loc="lower right", frameon=False)
+        paper_key = Line2D([], [], ls="--", marker="o", mfc="none", color="0.4")
+        _legend_with_paper(ax, data["methods"], paper_key, "paper (hollow)", loc="lower right")
         fig.tight_layout()
     return _save(fig, out, data)
 
@@ -546,11 +552,8 @@ def metric_bars(table_csv: Path, out: Path, metrics: Sequence[str] | None = None
         ax.set_xticks(np.arange(len(metrics)), metrics)
         ax.set_ylabel("%")
         ax.set_title(f"{table} (mean ± SE over seeds)")
-        handles, names = ax.get_legend_handles_labels()
-        if any(any(p is not None for p in m["paper"]) for m in data["methods"].values()):
-            handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="black"))
-            names.append("paper")
-        ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        paper_key = Line2D([], [], ls="", marker="D", mfc="none", mec="black")
+        _legend_with_paper(ax, data["methods"], paper_key, "paper", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(axis="x", visible=False)
         fig.tight_layout()
     return _save(fig, out, data)

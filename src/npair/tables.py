@@ -168,12 +168,9 @@ def load_spec(name: str, config_dir: Path = CONFIG_DIR) -> TableSpec:
 
 def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictConfig:
     """The training config of one run, exactly as ``npair.train`` composes it."""
-    from hydra import compose, initialize_config_dir
+    from npair.train import compose_train
 
-    import npair.train  # noqa: F401  (registers the ${pid:} resolver)
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", f"seed={seed}", *overrides])
+    cfg = compose_train([f"experiment={experiment}", f"seed={seed}", *overrides])
     if cfg.name != experiment:
         raise ValueError(f"configs/experiment/{experiment}.yaml sets name={cfg.name!r}; it must equal the "
                          f"experiment's path {experiment!r} (the run directory is keyed by it)")

@@ -49,6 +49,14 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 
 
+def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The config ``python -m npair.train <overrides>`` runs (configs/train.yaml), composed in-process."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
 # ------------------------------------------------------------------------------------ set-up helpers
 def make(node: DictConfig, **kwargs: Any) -> Any:
     """Instantiate a config-group node (its ``_target_``), dropping the descriptive ``name`` key."""

@@ -119,8 +119,11 @@ def wait_for_exit_record(path: str | Path, timeout_s: float = 30.0, poll_s: floa
 
     path = Path(path)
     deadline = time.monotonic() + timeout_s
+    parsed_size = -1  # re-read the file only when it has grown
     while True:
-        if path.is_file():
+        size = path.stat().st_size if path.is_file() else -1
+        if size >= 0 and size != parsed_size:
+            parsed_size = size
             try:
                 for raw in read_chunks(path.read_bytes(), str(path)):
                     record = wandb_internal_pb2.Record()
