@@ -41,3 +41,4 @@ bench: install
 	$(BIN)/python scripts/bench_losses.py
 	$(BIN)/python scripts/bench_evaluator.py
 	$(BIN)/python scripts/bench_data.py
+	$(BIN)/python scripts/bench_mini_run.py
