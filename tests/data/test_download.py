@@ -9,11 +9,20 @@ import tarfile
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.error import URLError
 
 import pytest
 
 from npair.data import download as dl
 from npair.data.sources import SOURCES, DatasetSource, RemoteFile, Variant
+from tests.data.archive_fixtures import (
+    link_through_link,
+    path_max_chain,
+    tar_bytes,
+    tree_snapshot,
+    two_link_chain,
+    zip_bytes,
+)
 
 
 class FileServer:
@@ -89,6 +98,9 @@ def no_retry_delay(monkeypatch):
 
 
 def _spec(name: str, data: bytes, urls=(), **kw) -> RemoteFile:
+    """A catalogue entry pinned to ``data``'s checksums, with generous extraction bounds."""
+    kw.setdefault("max_members", 1000)
+    kw.setdefault("max_bytes", 10_000_000)
     return RemoteFile(
         name,
         tuple(urls),
@@ -204,52 +216,6 @@ def test_fetch_file_tries_mirrors_in_order_and_reports_all_failures(tmp_path, se
     assert "every mirror failed" in str(err.value) and "HTTP 404" in str(err.value)
 
 
-# --------------------------------------------------------------------------- safe extraction
-
-
-@pytest.mark.parametrize(
-    "members, links, reason",
-    [
-        ({"ok/a.txt": b"a", "../evil.txt": b"x"}, None, "'..'"),
-        ({"ok/../../evil.txt": b"x"}, None, "'..'"),
-        ({"/tmp/evil.txt": b"x"}, None, "absolute"),
-        ({"ok/a.txt": b"a"}, {"ok/link": ("../../etc/passwd", tarfile.SYMTYPE)}, "leaves the tree"),
-        ({"ok/a.txt": b"a"}, {"ok/link": ("/etc/passwd", tarfile.SYMTYPE)}, "leaves the tree"),
-        ({"ok/a.txt": b"a"}, {"ok/hard": ("../outside", tarfile.LNKTYPE)}, "leaves the tree"),
-        ({"ok/a.txt": b"a"}, {"ok/dev": ("", tarfile.CHRTYPE)}, "device"),
-    ],
-)
-def test_unsafe_tar_members_are_refused_before_anything_is_written(tmp_path, members, links, reason):
-    archive = tmp_path / "bad.tgz"
-    archive.write_bytes(_tgz(members, links))
-    dest = tmp_path / "out" / "deep"
-    with pytest.raises(dl.UnsafeArchiveError, match=reason) as err:
-        dl.safe_extract(archive, dest)
-    assert "bad.tgz" in str(err.value)
-    assert (
-        not dest.exists()
-        and not (tmp_path / "evil.txt").exists()
-        and not (tmp_path / "out" / "evil.txt").exists()
-    )
-
-
-def test_safe_links_inside_the_tree_are_allowed(tmp_path):
-    archive = tmp_path / "ok.tgz"
-    archive.write_bytes(_tgz({"d/a.txt": b"a"}, {"d/sub/link": ("../a.txt", tarfile.SYMTYPE)}))
-    dl.safe_extract(archive, tmp_path / "out")
-    assert (tmp_path / "out" / "d" / "sub" / "link").read_bytes() == b"a"
-
-
-def test_unsafe_zip_member_is_refused(tmp_path):
-    archive = tmp_path / "bad.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("ok/a.txt", "a")
-        zf.writestr("../evil.txt", "x")
-    with pytest.raises(dl.UnsafeArchiveError, match=r"'\.\./evil\.txt'"):
-        dl.safe_extract(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "evil.txt").exists()
-
-
 # --------------------------------------------------------------------------- fetch (install)
 
 
@@ -294,6 +260,26 @@ def test_fetch_installs_verified_tree_and_is_idempotent(tmp_path, server, toy_so
     assert len(server.requests) == n + 2 and (root / ".downloads" / "toy" / "toy.tgz").is_file()
 
 
+def test_reinstall_that_fails_at_the_last_rename_keeps_the_installed_tree(
+    tmp_path, server, toy_source, monkeypatch
+):
+    root = tmp_path / "data"
+    target = dl.fetch("toy", root, progress=False)
+    (target / "mine.txt").write_text("a file of the installed tree")
+    real_replace = dl.os.replace
+
+    def failing_replace(src, dst):
+        if "tmp-" in str(src) and str(dst) == str(target):
+            raise OSError("disk trouble")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(dl.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk trouble"):
+        dl.fetch("toy", root, progress=False, force=True)
+    assert (target / "mine.txt").read_text() == "a file of the installed tree"
+    assert sorted(p.name for p in root.iterdir() if p.name != ".downloads") == ["Toy"]
+
+
 def test_fetch_with_checksum_mismatch_leaves_no_partial_file_or_tree(tmp_path, server, toy_source):
     server.files["/pairs.txt"] = b"pairz\n"  # same size, other bytes
     root = tmp_path / "data"
@@ -306,43 +292,128 @@ def test_fetch_with_checksum_mismatch_leaves_no_partial_file_or_tree(tmp_path, s
     assert leftovers == [] and not list(root.glob(".Toy.tmp-*"))
 
 
-def test_fetch_refuses_archive_with_traversal_member(tmp_path, server, toy_source, monkeypatch):
-    evil = _tgz({"Toy/list.txt": b"x", "Toy/../../evil.txt": b"x"})
-    spec = _spec("toy.tgz", evil, urls=(server.add("/evil.tgz", evil),))
-    bad = DatasetSource("toy", "Toy", "auto", ("list.txt",), (Variant("evil", (spec,), subdir="Toy"),))
-    monkeypatch.setitem(SOURCES, "toy", bad)
+def _evil_chain(root):
+    # the staging folder is <root>/.Evil.tmp-<8 random characters>: the chain is sized for that length
+    return path_max_chain(root / ".Evil.tmp-xxxxxxxx")
+
+
+@pytest.mark.parametrize(
+    "filename, build, match",
+    [
+        ("chain.tar", _evil_chain, "written through the link 'a'"),
+        ("two.tgz", lambda root: two_link_chain(), "written through the link 'd/up'"),
+        ("through.tgz", lambda root: link_through_link(), "leaves the tree"),
+        ("abs.tgz", lambda root: tar_bytes([("file", "/tmp/evil.txt", b"x")]), "absolute"),
+        ("dots.tgz", lambda root: tar_bytes([("file", "Toy/../../evil.txt", b"x")]), "'..'"),
+        ("hard.tgz", lambda root: tar_bytes([("hard", "h", "outside/keep.txt")]), "hard link"),
+        (
+            "bomb.tgz",
+            lambda root: tar_bytes([("file", "zeros", bytes(5_000_000))]),
+            "more than 1,000,000 bytes",
+        ),
+        ("bomb.zip", lambda root: zip_bytes({"zeros": bytes(5_000_000)}), "more than 1,000,000 bytes"),
+    ],
+)
+def test_fetch_refuses_malicious_archives_and_writes_nothing_outside(
+    tmp_path, server, monkeypatch, filename, build, match
+):
+    """Through the real ``fetch()``: the archive is verified (its checksum is pinned), then refused;
+    the only thing left under the temporary folder is the downloaded archive itself."""
     root = tmp_path / "data"
-    with pytest.raises(dl.DownloadError, match="refusing member 'Toy/../../evil.txt'"):
-        dl.fetch("toy", root, progress=False)
-    assert not (root / "Toy").exists() and not (tmp_path / "evil.txt").exists()
-    assert not list(root.glob(".Toy.tmp-*"))
+    (root / "outside").mkdir(parents=True)
+    (root / "outside" / "keep.txt").write_text("untouched")
+    data = build(root)
+    spec = _spec(filename, data, urls=(server.add("/" + filename, data),), max_bytes=1_000_000)
+    monkeypatch.setitem(SOURCES, "evil", DatasetSource("evil", "Evil", "auto", (), (Variant("v", (spec,)),)))
+    before = tree_snapshot(tmp_path)
+    with pytest.raises(dl.DownloadError, match=match):
+        dl.fetch("evil", root, progress=False)
+    download = f"data/.downloads/evil/{filename}"
+    assert tree_snapshot(tmp_path) - before == {"data/.downloads", "data/.downloads/evil", download}
+    assert (root / "outside" / "keep.txt").read_text() == "untouched"
 
 
-def test_fetch_falls_back_to_next_variant_and_checks_member_md5(tmp_path, server, monkeypatch):
-    archive = _tgz({"PACK/annos.mat": b"annotations", "PACK/ims/1.jpg": b"jpg"})
-    dead = RemoteFile("a.tgz", (server.url + "/gone.tgz",), md5="0" * 32)
-    packed = RemoteFile(
-        "pack.tgz",
-        (server.add("/pack.tgz", archive),),
-        member_md5={"PACK/annos.mat": hashlib.md5(b"annotations").hexdigest()},
+class ArchiveOpenings:
+    """Records every archive that zipfile or tarfile is asked to open."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.paths: list[str] = []
+        real_zip, real_is_zip, real_tar_open = zipfile.ZipFile, zipfile.is_zipfile, tarfile.open
+        seen = self.paths
+
+        class SpyZipFile(real_zip):
+            def __init__(self, file, *args, **kwargs):
+                seen.append(str(file))
+                super().__init__(file, *args, **kwargs)
+
+        def is_zipfile(filename):
+            seen.append(str(filename))
+            return real_is_zip(filename)
+
+        def tar_open(name=None, *args, **kwargs):
+            seen.append(str(name))
+            return real_tar_open(name, *args, **kwargs)
+
+        monkeypatch.setattr(zipfile, "ZipFile", SpyZipFile)
+        monkeypatch.setattr(zipfile, "is_zipfile", is_zipfile)
+        monkeypatch.setattr(tarfile, "open", tar_open)
+
+
+def test_cars196_zip_without_published_checksum_is_never_extracted(tmp_path, monkeypatch):
+    """The real catalogue, offline: a CARS196.zip placed by hand is not opened, let alone extracted,
+    and nothing but the user's own file is in data/ afterwards."""
+
+    def offline(url, start, timeout):
+        raise URLError("offline")
+
+    monkeypatch.setattr(dl, "_open", offline)
+    opened = ArchiveOpenings(monkeypatch)
+    root = tmp_path / "data"
+    placed = root / ".downloads" / "cars196" / "CARS196.zip"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(zip_bytes({"CARS196/cars_annos.mat": b"mat", "CARS196/car_ims/000001.jpg": b"jpg"}))
+    with pytest.raises(dl.DownloadError) as err:
+        dl.fetch("cars196", root, progress=False)
+    assert not any("CARS196.zip" in path for path in opened.paths)
+    assert tree_snapshot(root) == {".downloads", ".downloads/cars196", ".downloads/cars196/CARS196.zip"}
+    assert "CARS196.zip (ftp.cs.stanford.edu) has no published checksum" in str(err.value)
+
+
+def test_entry_without_pinned_checksum_is_never_fetched_or_opened(tmp_path, server, monkeypatch):
+    data = zip_bytes({"Raw/list.txt": b"x"})
+    unpinned = RemoteFile("raw.zip", (server.add("/raw.zip", data),), max_members=10, max_bytes=10_000)
+    monkeypatch.setitem(
+        SOURCES, "raw", DatasetSource("raw", "Raw", "auto", (), (Variant("v", (unpinned,), "Raw"),))
     )
+    opened = ArchiveOpenings(monkeypatch)
+    root = tmp_path / "data"
+    with pytest.raises(dl.DownloadError, match="raw.zip: no pinned checksum"):
+        dl.fetch("raw", root, progress=False)
+    assert server.requests == [] and tree_snapshot(root) == set()
+    placed = root / ".downloads" / "raw" / "raw.zip"  # the same file placed by hand: kept, not opened
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(data)
+    with pytest.raises(dl.DownloadError, match="no pinned checksum"):
+        dl.fetch("raw", root, progress=False)
+    assert placed.read_bytes() == data and not (root / "Raw").exists() and opened.paths == []
+    with pytest.raises(dl.ChecksumError, match="no pinned checksum"):
+        dl.verify_file(placed, unpinned)
+
+
+def test_fetch_falls_back_to_next_variant(tmp_path, server, monkeypatch):
+    archive = _tgz({"PACK/annos.mat": b"annotations", "PACK/ims/1.jpg": b"jpg"})
+    dead = RemoteFile("a.tgz", (server.url + "/gone.tgz",), md5="0" * 32, max_members=9, max_bytes=9)
+    packed = _spec("pack.tgz", archive, urls=(server.add("/pack.tgz", archive),))
     source = DatasetSource(
         "toy2",
         "toy2",
         "auto",
         ("annos.mat", "ims"),
-        (Variant("dead", (dead,)), Variant("zip", (packed,), subdir="PACK")),
+        (Variant("dead", (dead,)), Variant("tgz", (packed,), subdir="PACK")),
     )
     monkeypatch.setitem(SOURCES, "toy2", source)
     target = dl.fetch("toy2", tmp_path, progress=False)
     assert (target / "ims" / "1.jpg").read_bytes() == b"jpg"
-    wrong = RemoteFile("pack.tgz", packed.urls, member_md5={"PACK/annos.mat": "f" * 32})
-    monkeypatch.setitem(
-        SOURCES, "toy3", DatasetSource("toy3", "toy3", "auto", ("ims",), (Variant("v", (wrong,), "PACK"),))
-    )
-    with pytest.raises(dl.DownloadError, match="member PACK/annos.mat has md5"):
-        dl.fetch("toy3", tmp_path, progress=False)
-    assert not (tmp_path / "toy3").exists()
 
 
 def test_file_placed_by_hand_is_verified_and_used_offline(tmp_path, monkeypatch):
@@ -377,7 +448,7 @@ def test_cli_list_and_unknown_name(tmp_path, capsys):
     assert "unknown dataset 'imagenet'" in capsys.readouterr().err
 
 
-def test_registry_is_complete_and_verifiable():
+def test_registry_is_complete_and_every_entry_is_pinned_and_bounded():
     for name in (
         "cub200",
         "cars196",
@@ -393,7 +464,15 @@ def test_registry_is_complete_and_verifiable():
     for source in SOURCES.values():
         for variant in source.variants:
             for spec in variant.files:
-                assert spec.verifiable and spec.urls, (source.name, spec.filename)
+                assert spec.urls and (spec.md5 or spec.sha256), (source.name, spec.filename)
+                if spec.extract:
+                    assert spec.limits is not None and spec.limits.max_members > 0, (
+                        source.name,
+                        spec.filename,
+                    )
+                assert not hasattr(spec, "member_md5")  # no member-only verification
+    filenames = {spec.filename for s in SOURCES.values() for v in s.variants for spec in v.files}
+    assert "CARS196.zip" not in filenames
     cub = SOURCES["cub200"].variants[0].files[0]
     assert cub.md5 == "97eceeb196236b17998738112f37df78" and cub.urls[0].startswith(
         "https://data.caltech.edu/"

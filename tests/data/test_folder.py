@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import numpy as np
 import pytest
 
@@ -28,6 +31,7 @@ def test_default_split_is_class_disjoint_first_half_of_sorted_classes(tmp_path, 
     assert splits.test.labels.tolist() == [0] * 4 + [1] * 2
     image, label = splits.test[4]
     assert image.shape == (3, 16, 16) and label == 1
+    assert splits.skipped_images()["total"] == 0
 
 
 def test_fraction_split(tmp_path, fake_data):
@@ -81,3 +85,49 @@ def test_min_images_per_class_and_errors(tmp_path, fake_data):
         build_folder(tmp_path / "empty")
     with pytest.raises(ValueError, match="split must be"):
         build_folder(root, split="random")
+
+
+def _loop_tree(tmp_path, fake_data):
+    """Two classes plus a symlink loop (``a/loop -> ..``), a second name for a class folder
+    (``z_alias -> b``), a link to a folder outside the tree, and a link to a file in its own class."""
+    root = fake_data["folder"](tmp_path / "tree", {"a": 2, "b": 3})
+    os.symlink("..", root / "a" / "loop")
+    os.symlink("b", root / "z_alias")
+    extra = fake_data["folder"](tmp_path / "extra", {"c": 2})
+    os.symlink(extra / "c", root / "c")
+    os.symlink("img_0.png", root / "b" / "img_0_again.png")
+    return root
+
+
+def test_symlinked_folders_are_not_followed_by_default(tmp_path, fake_data, caplog):
+    root = _loop_tree(tmp_path, fake_data)
+    with caplog.at_level(logging.WARNING, logger="npair.data.folder"):
+        _, classes = scan_image_tree(root)
+    assert classes == ["a"] * 2 + ["b"] * 3  # the file link in b counts once
+    assert "3 linked folder(s)" in caplog.text and "follow_symlinks=true" in caplog.text
+    splits = build_folder(root)
+    assert len(splits.train) == 2 and len(splits.test) == 3
+
+
+def test_follow_symlinks_walks_each_real_folder_once(tmp_path, fake_data, caplog):
+    from npair.data.folder import scan_images
+
+    root = _loop_tree(tmp_path, fake_data)
+    with caplog.at_level(logging.WARNING, logger="npair.data.folder"):
+        tree = scan_images(root, follow_symlinks=True)
+    assert tree.classes == ["a"] * 2 + ["b"] * 3 + ["c"] * 2
+    assert sorted(tree.skipped_links) == ["a/loop (the folder '.' again)", "z_alias (the folder 'b' again)"]
+    assert len(set(tree.file_ids)) == len(tree.paths) == 7
+    splits = build_folder(root, follow_symlinks=True, train_fraction=0.67)
+    assert splits.train.class_names == ["a", "b"] and splits.test.class_names == ["c"]
+
+
+def test_one_file_in_two_classes_is_an_error(tmp_path, fake_data):
+    root = fake_data["folder"](tmp_path / "tree", {"a": 2, "b": 2, "c": 2, "d": 2})
+    os.link(root / "a" / "img_0.png", root / "d" / "copy.png")  # a hard link: train class a, test class d
+    with pytest.raises(ValueError, match=r"same file .* in two classes, 'a' and 'd'.*both splits"):
+        build_folder(root)
+    os.remove(root / "d" / "copy.png")
+    os.symlink("../a/img_0.png", root / "b" / "copy.png")  # a symlink, both classes train
+    with pytest.raises(ValueError, match="img_0.png"):
+        build_folder(root, split="images")

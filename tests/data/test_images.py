@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import struct
+import zlib
 
 import numpy as np
 import pytest
 import torch
 
+from npair.data.folder import build_folder
 from npair.data.images import (
     CorruptImageError,
     ImageListDataset,
@@ -100,3 +103,96 @@ def test_helpers():
     verify_counts("x", {"train_images": 3, "test_images": 9}, {"train_images": 3}, "/r")
     with pytest.raises(SplitCountError, match="train_images: found 3, expected 4"):
         verify_counts("x", {"train_images": 3}, {"train_images": 4}, "/r")
+
+
+def _bomb_png(path, width: int, height: int) -> None:
+    """A valid 1-bit PNG of ``width`` x ``height`` black pixels: a few hundred KB that decode to
+    ``width * height`` pixels (three bytes each once converted to RGB)."""
+    row = b"\x00" + bytes((width + 7) // 8)  # filter byte + packed pixels
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's own, before our error
+@pytest.mark.parametrize(
+    "side",
+    [
+        10_000,  # 100 M pixels: above PIL's limit, where PIL only warns and then decodes (300 MB as RGB)
+        14_000,  # 196 M pixels: above twice the limit, where PIL raises its own error (no file name)
+    ],
+)
+def test_decompression_bomb_png_fails_naming_the_file(tmp_path, fake_data, side):
+    from npair.data.images import ImageTooLargeError
+
+    paths, labels = _tree(tmp_path, fake_data)
+    bomb = tmp_path / "c1" / "bomb.png"
+    _bomb_png(bomb, side, side)
+    assert bomb.stat().st_size < 1_000_000
+    paths[4], labels[4] = bomb, 1
+    with pytest.raises(ImageTooLargeError) as err:
+        ImageListDataset(paths, labels)[4]
+    assert str(bomb) in str(err.value) and "decompression bomb" in str(err.value)
+    with pytest.raises(ImageTooLargeError, match="bomb.png"):  # not skipped as "unreadable"
+        ImageListDataset(paths, labels, skip_corrupt=True)
+
+
+def _truncate(path, fake_data) -> None:
+    """Rewrite ``path`` as a JPEG whose header is intact but whose data stops halfway."""
+    fake_data["image"](path, size=(240, 180), seed=99)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_jpeg_is_logged_and_counted_once_per_file(tmp_path, fake_data, caplog):
+    paths, labels = _tree(tmp_path, fake_data)
+    _truncate(paths[4], fake_data)
+    ds = ImageListDataset(paths, labels, skip_corrupt=True)
+    with caplog.at_level(logging.WARNING, logger="npair.data.images"):
+        for _ in range(3):
+            ds[4]
+    assert ds.runtime_skipped == [str(paths[4])] and ds.num_skipped == 1 and ds.num_skipped_at_load == 1
+    assert caplog.text.count("unreadable image") == 1
+
+
+@pytest.mark.parametrize(
+    "context",
+    ["fork", pytest.param("spawn", marks=pytest.mark.slow)],  # spawn: ~10 s to start a worker
+)
+def test_truncated_jpeg_read_in_dataloader_workers_is_counted_in_the_main_process(
+    tmp_path, fake_data, context
+):
+    """The training loop reads images in worker processes: their finds reach the dataset object the
+    run holds, which is what ``DatasetSplits.skipped_images()`` reports for metrics.json."""
+    root = fake_data["folder"](tmp_path / "tree", {"a": 3, "b": 3}, suffix=".jpg")
+    _truncate(root / "a" / "img_1.jpg", fake_data)  # class a trains
+    (root / "b" / "img_2.jpg").write_bytes(b"not an image")  # class b tests; dropped by the header scan
+    splits = build_folder(root, skip_corrupt=True)
+    assert splits.skipped_images() == {
+        "train_at_scan": 0,
+        "train_at_load": 0,
+        "test_at_scan": 1,
+        "test_at_load": 0,
+        "total": 1,
+    }
+    loader = torch.utils.data.DataLoader(
+        splits.train,
+        batch_size=2,
+        num_workers=2 if context == "fork" else 1,
+        multiprocessing_context=context,
+    )
+    for _ in range(2):  # two epochs: the file is read twice, counted once
+        assert sum(len(labels) for _, labels in loader) == 3
+    assert splits.train.runtime_skipped == [str(root / "a" / "img_1.jpg")]
+    assert splits.skipped_images() == {
+        "train_at_scan": 0,
+        "train_at_load": 1,
+        "test_at_scan": 1,
+        "test_at_load": 0,
+        "total": 2,
+    }

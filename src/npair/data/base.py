@@ -63,3 +63,20 @@ class DatasetSplits:
     @property
     def num_test_classes(self) -> int:
         return int(np.unique(self.test.labels).size)
+
+    def skipped_images(self) -> dict[str, int]:
+        """Images skipped as unreadable (``dataset.skip_corrupt=true``) so far, for ``metrics.json``.
+
+        Per split: ``<split>_at_scan``, dropped by the header scan when the dataset was built, and
+        ``<split>_at_load``, files that passed the scan but failed to decode when read (each file
+        once, counted across every process that read the split, DataLoader workers included); and
+        their ``total``. Load-time counts grow while the run reads images: ask at the end of a run.
+        Datasets held in memory (digits, glyphs) count 0.
+        """
+        counts: dict[str, int] = {}
+        for split in ("train", "test"):
+            dataset = getattr(self, split)
+            counts[f"{split}_at_scan"] = len(getattr(dataset, "skipped_files", ()))
+            counts[f"{split}_at_load"] = int(getattr(dataset, "num_skipped_at_load", 0))
+        counts["total"] = sum(counts.values())
+        return counts

@@ -2,21 +2,26 @@
 
 For each file of a dataset (``sources.py``), mirrors are tried in order:
 
-1. the file is fetched to ``<root>/.downloads/<name>/<file>.part`` with urllib; an existing
+1. an entry without a pinned checksum (MD5 or SHA-256 in ``sources.py``) is refused before
+   anything is fetched, opened or written;
+2. the file is fetched to ``<root>/.downloads/<name>/<file>.part`` with urllib; an existing
    ``.part`` is resumed with an HTTP ``Range`` request (a server that ignores it restarts the
    file); HTML pages (dead mirrors, quota pages) are rejected;
-2. size, MD5 and SHA-256 are checked; on a mismatch the partial file is deleted and the error
-   names the file, the URL and both digests;
-3. archives are checked member by member before anything is written (no absolute paths, no
-   ``..``, no links leaving the tree, no devices) and extracted into a temporary folder next
-   to the target; only a complete, checked tree is renamed into ``<root>/<target>``, so a
-   failure leaves no partial tree behind;
-4. a ``.npair-verified.json`` marker records the checksums; a verified dataset is not fetched
+3. size, MD5 and SHA-256 are checked; on a mismatch the partial file is deleted and the error
+   names the file, the URL and both digests; a file placed by hand in
+   ``<root>/.downloads/<name>/`` is checked the same way;
+4. only then are archives extracted, by ``archives.py``: every member is checked before anything
+   is written (no absolute paths, no ``..``, nothing written through a link, no link whose target
+   leaves the tree, hard links only to the archive's own files, no devices, member count and
+   bytes within the catalogue's bounds), into a temporary folder ``<root>/.<target>.tmp-*``;
+   a complete tree whose links all stay inside it is renamed into ``<root>/<target>``, so a
+   failure leaves no partial tree behind and an installed dataset is replaced only by a
+   complete one;
+5. a ``.npair-verified.json`` marker records the checksums; a verified dataset is not fetched
    again (``--force`` re-fetches).
 
 Datasets that need a request form or have no public release print exactly what to do and
-which layout to create, and verify that layout once it is in place. A file placed by hand in
-``<root>/.downloads/<name>/`` is verified and used instead of downloading it.
+which layout to create, and verify that layout once it is in place.
 """
 
 from __future__ import annotations
@@ -24,21 +29,46 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import io
 import json
 import os
 import shutil
-import stat
 import sys
 import tarfile
 import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
+from npair.data.archives import (
+    ExtractionLimits,
+    UnsafeArchiveError,
+    check_archive,
+    check_links_inside,
+    member_parts,
+    real_dirs,
+    safe_extract,
+    write_new_file,
+)
 from npair.data.sources import SOURCES, DatasetSource, RemoteFile, Variant
+
+__all__ = [
+    "ChecksumError",
+    "DownloadError",
+    "ExtractionLimits",
+    "ManualStepRequired",
+    "UnsafeArchiveError",
+    "check_archive",
+    "download_url",
+    "fetch",
+    "fetch_file",
+    "main",
+    "safe_extract",
+    "verify_file",
+]
 
 MARKER = ".npair-verified.json"
 CHUNK = 1 << 20
@@ -52,10 +82,6 @@ class DownloadError(RuntimeError):
 
 class ChecksumError(DownloadError):
     """A fetched file does not match its published size or digest."""
-
-
-class UnsafeArchiveError(RuntimeError):
-    """An archive member would land outside the extraction folder (or is a device/link)."""
 
 
 class ManualStepRequired(RuntimeError):
@@ -76,8 +102,11 @@ def file_digests(path: Path) -> dict[str, str]:
 
 
 def verify_file(path: Path, spec: RemoteFile, url: str | None = None) -> dict[str, str]:
-    """Raise :class:`ChecksumError` unless ``path`` has ``spec``'s size and digests."""
+    """Raise :class:`ChecksumError` unless ``path`` has ``spec``'s size and pinned digests (an entry
+    without a pinned MD5 or SHA-256 never passes)."""
     where = f" (from {url})" if url else ""
+    if not spec.verifiable:
+        raise ChecksumError(f"{spec.filename}{where}: no pinned checksum to verify it against")
     size = path.stat().st_size
     if spec.size is not None and size != spec.size:
         raise ChecksumError(f"{spec.filename}{where}: size {size} bytes, expected {spec.size}")
@@ -181,7 +210,9 @@ def download_url(
 
 def fetch_file(spec: RemoteFile, downloads: Path, progress: bool = True) -> tuple[Path, dict[str, str]]:
     """Return a verified local copy of ``spec``: one already in ``downloads`` (placed by hand or by
-    an earlier run) or a fresh download from the first mirror that works."""
+    an earlier run) or a fresh download from the first mirror that works. An entry without a pinned
+    checksum is refused before anything is read or fetched."""
+    _require_pinned(spec)
     dest = downloads / spec.filename
     if dest.exists():
         try:
@@ -198,79 +229,6 @@ def fetch_file(spec: RemoteFile, downloads: Path, progress: bool = True) -> tupl
             errors.append(str(exc))
             print(f"  failed: {exc}", file=sys.stderr)
     raise DownloadError(f"{spec.filename}: every mirror failed:\n    " + "\n    ".join(errors))
-
-
-# --------------------------------------------------------------------------- extraction
-
-
-def _check_member_path(archive: Path, name: str) -> PurePosixPath:
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or (path.parts and path.parts[0].endswith(":")) or name.startswith(("/", "\\")):
-        raise UnsafeArchiveError(f"{archive.name}: refusing member {name!r}: absolute path")
-    if ".." in path.parts:
-        raise UnsafeArchiveError(
-            f"{archive.name}: refusing member {name!r}: '..' would leave the extraction folder"
-        )
-    return path
-
-
-def _inside(path: PurePosixPath) -> bool:
-    """True if a relative path, after resolving '..', stays inside its root."""
-    depth = 0
-    for part in path.parts:
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return False
-        elif part not in (".", ""):
-            depth += 1
-    return not path.is_absolute()
-
-
-def check_archive(archive: Path) -> None:
-    """Raise :class:`UnsafeArchiveError` if any member of a tar or zip archive is unsafe."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                _check_member_path(archive, info.filename)
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    raise UnsafeArchiveError(
-                        f"{archive.name}: refusing member {info.filename!r}: symbolic link"
-                    )
-        return
-    with tarfile.open(archive) as tar:
-        for member in tar.getmembers():
-            path = _check_member_path(archive, member.name)
-            if member.issym():
-                target = PurePosixPath(member.linkname)
-                if target.is_absolute() or not _inside(path.parent / target):
-                    raise UnsafeArchiveError(
-                        f"{archive.name}: refusing member {member.name!r}: link to {member.linkname!r} leaves the tree"
-                    )
-            elif member.islnk():
-                target = PurePosixPath(member.linkname)
-                if target.is_absolute() or not _inside(target):
-                    raise UnsafeArchiveError(
-                        f"{archive.name}: refusing member {member.name!r}: hard link to {member.linkname!r} leaves the tree"
-                    )
-            elif not (member.isfile() or member.isdir()):
-                raise UnsafeArchiveError(f"{archive.name}: refusing member {member.name!r}: device or fifo")
-
-
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar(.gz/.bz2/.xz) or zip archive into ``dest`` after :func:`check_archive`."""
-    check_archive(archive)
-    dest.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(dest)
-        return
-    with tarfile.open(archive) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(dest, filter="data")
-        else:  # pragma: no cover - Python < 3.11.4
-            tar.extractall(dest)
 
 
 # --------------------------------------------------------------------------- install
@@ -310,37 +268,66 @@ def _format_manual(source: DatasetSource, root: Path) -> str:
     )
 
 
+def _require_pinned(spec: RemoteFile) -> None:
+    """Refuse, before anything is read or fetched, an entry with no pinned checksum."""
+    if not spec.verifiable:
+        raise DownloadError(
+            f"{spec.filename}: no pinned checksum (MD5 or SHA-256) in the catalogue; refusing to fetch, "
+            "open or install it"
+        )
+
+
+def _check_catalogue_entry(spec: RemoteFile) -> None:
+    """Refuse, before anything is fetched, an entry with no pinned checksum or an archive with no bounds."""
+    _require_pinned(spec)
+    if spec.extract and spec.limits is None:
+        raise DownloadError(
+            f"{spec.filename}: the catalogue gives no extraction bounds (max_members, max_bytes); "
+            "refusing to extract it"
+        )
+
+
+def _require_pinned_match(spec: RemoteFile, digests: dict[str, str]) -> None:
+    """The digests measured for ``spec``'s file must equal the pinned ones (checked again before use)."""
+    pinned = {algo: getattr(spec, algo).lower() for algo in ("md5", "sha256") if getattr(spec, algo)}
+    if not pinned or any(digests.get(algo) != want for algo, want in pinned.items()):
+        raise ChecksumError(f"{spec.filename}: not verified against its pinned checksum; refusing to use it")
+
+
+def _place_file(source: Path, staging: Path, spec: RemoteFile) -> None:
+    """Copy a non-archive file to ``staging/<spec.dest>`` without following or replacing anything there."""
+    parts = member_parts(spec.filename, spec.dest)
+    if not parts:
+        raise DownloadError(f"{spec.filename}: catalogue destination {spec.dest!r} names no file")
+    folder = real_dirs(staging, parts[:-1])
+    with open(source, "rb") as data:
+        write_new_file(folder / parts[-1], data, source.stat().st_size, spec.filename)
+
+
 def _install_variant(
     source: DatasetSource, variant: Variant, root: Path, keep_archives: bool, progress: bool
 ) -> Path:
     downloads = root / ".downloads" / source.name
+    for spec in variant.files:
+        _check_catalogue_entry(spec)
     fetched: list[tuple[RemoteFile, Path, dict[str, str]]] = []
     for spec in variant.files:
-        if not spec.verifiable:
-            raise DownloadError(
-                f"{spec.filename}: no checksum known, refusing to install an unverifiable file"
-            )
         path, digests = fetch_file(spec, downloads, progress=progress)
         fetched.append((spec, path, digests))
 
     target = root / source.target
     staging = Path(tempfile.mkdtemp(prefix=f".{source.target}.tmp-", dir=root))
     try:
-        for spec, path, _ in fetched:
+        for spec, path, digests in fetched:
+            _require_pinned_match(spec, digests)
             print(f"  {'extracting' if spec.extract else 'placing'} {spec.filename}", file=sys.stderr)
             if spec.extract:
-                safe_extract(path, staging / spec.dest)
+                assert spec.limits is not None  # checked by _check_catalogue_entry
+                safe_extract(path, staging / spec.dest, spec.limits)
             else:
-                out = staging / spec.dest
-                out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, out)
-        for spec, _, _ in fetched:
-            for rel, want in spec.member_md5.items():
-                member = staging / rel
-                got = file_digests(member)["md5"] if member.is_file() else "missing"
-                if got != want:
-                    raise ChecksumError(f"{spec.filename}: member {rel} has md5 {got}, expected {want}")
+                _place_file(path, staging, spec)
         tree = staging / variant.subdir
+        check_links_inside(tree)
         missing = missing_paths(tree, source)
         if missing:
             raise DownloadError(
@@ -352,14 +339,9 @@ def _install_variant(
             "files": {spec.filename: digests for spec, _, digests in fetched},
             "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (tree / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        old = None
-        if target.exists():
-            old = root / f".{source.target}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tree, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with io.BytesIO((json.dumps(marker, indent=2) + "\n").encode()) as text:
+            write_new_file(tree / MARKER, text, 1 << 20, MARKER)
+        _swap_into_place(tree, target, root / f".{source.target}.old-{os.getpid()}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not keep_archives:
@@ -371,6 +353,20 @@ def _install_variant(
             except OSError:
                 pass
     return target
+
+
+def _swap_into_place(tree: Path, target: Path, old: Path) -> None:
+    """Rename ``tree`` to ``target``; an existing ``target`` is moved aside and put back if that fails."""
+    if not target.exists() and not target.is_symlink():
+        os.replace(tree, target)
+        return
+    os.replace(target, old)
+    try:
+        os.replace(tree, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def fetch(

@@ -13,10 +13,16 @@ Missing or broken data:
   each differing count and the likely cause (:func:`verify_counts`);
 * an unreadable image raises :class:`CorruptImageError` naming the file, unless
   ``skip_corrupt=True``: then unreadable files are dropped when the dataset is built (header
-  scan), counted in :attr:`ImageListDataset.num_skipped` / :attr:`ImageListDataset.skipped_files`
-  and logged; an image that passes the scan but fails to decode later (a truncated JPEG) is
-  replaced by the next readable image *of the same class* (so sampler batch layouts stay valid),
-  logged, and counted in :attr:`ImageListDataset.runtime_skipped` of the process that read it.
+  scan), counted in :attr:`ImageListDataset.skipped_files` and logged; an image that passes the
+  scan but fails to decode later (a truncated JPEG) is replaced by the next readable image *of the
+  same class* (so sampler batch layouts stay valid), logged once and counted once per file in
+  :attr:`ImageListDataset.runtime_skipped`. That record lives in shared memory, so reads in
+  DataLoader worker processes are counted in the process that built the dataset;
+  :meth:`DatasetSplits.skipped_images` sums both kinds per split;
+* an image with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (PIL's decompression-bomb limit,
+  89,478,485 by default; PIL itself only warns up to twice that) raises
+  :class:`ImageTooLargeError` naming the file, at the header scan or when it is read, whatever
+  ``skip_corrupt`` says: it is not a broken file, and skipping it would silently change the data.
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ class SplitCountError(ValueError):
 
 class CorruptImageError(OSError):
     """An image file cannot be opened or decoded."""
+
+
+class ImageTooLargeError(CorruptImageError):
+    """An image has more pixels than PIL's decompression-bomb limit; never skipped."""
 
 
 def download_hint(name: str, root: str | os.PathLike[str]) -> str:
@@ -155,12 +165,35 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return not name.startswith("._") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _too_large(path: str | os.PathLike[str], detail: str) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"image {os.fspath(path)!r} is too large to decode safely ({detail}): a decompression bomb, or an "
+        "image far larger than a training image needs. Delete or downscale it (`dataset.skip_corrupt=true` "
+        "does not skip such files), or raise PIL.Image.MAX_IMAGE_PIXELS in your own code if you trust it."
+    )
+
+
+def _check_pixels(img: Image.Image, path: str | os.PathLike[str]) -> None:
+    """Raise :class:`ImageTooLargeError` above ``PIL.Image.MAX_IMAGE_PIXELS`` (read at call time)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.width * img.height > limit:
+        raise _too_large(
+            path, f"{img.width}x{img.height} = {img.width * img.height:,} pixels, limit {limit:,}"
+        )
+
+
 def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
-    """Open and fully decode an image, converted to ``mode``; raise :class:`CorruptImageError` naming it."""
+    """Open and fully decode an image, converted to ``mode``; raise :class:`CorruptImageError` naming
+    it (:class:`ImageTooLargeError` above PIL's pixel limit, checked before decoding)."""
     try:
         with Image.open(path) as img:
+            _check_pixels(img, path)
             img.load()
             return img.convert(mode)
+    except ImageTooLargeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_large(path, str(exc)) from exc
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         if isinstance(exc, FileNotFoundError):
             msg = "file not found"
@@ -173,12 +206,18 @@ def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
 
 
 def _header_ok(path: str) -> bool:
-    """Cheap readability check: the file exists and PIL recognises its header."""
+    """Cheap readability check: the file exists and PIL recognises its header. An image above PIL's
+    pixel limit raises :class:`ImageTooLargeError` instead of counting as unreadable."""
     try:
         with Image.open(path) as img:
+            _check_pixels(img, path)
             img.verify()
         return True
-    except Exception:  # noqa: BLE001 - any failure means "unreadable"
+    except ImageTooLargeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_large(path, str(exc)) from exc
+    except Exception:  # noqa: BLE001 - any other failure means "unreadable"
         return False
 
 
@@ -225,7 +264,6 @@ class ImageListDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.skip_corrupt = skip_corrupt
         self.skipped_files: list[str] = []
-        self.runtime_skipped: list[str] = []
         if skip_corrupt and full:
             with ThreadPoolExecutor(max_workers=max(1, scan_workers)) as pool:
                 ok = np.fromiter(pool.map(_header_ok, full, chunksize=256), dtype=bool, count=len(full))
@@ -248,27 +286,55 @@ class ImageListDataset(torch.utils.data.Dataset):
                 labels = labels[ok]
         self.paths: list[str] = full
         self.labels: np.ndarray = labels
+        # 1 for each image found unreadable at load time; shared memory, so that DataLoader workers
+        # (forked or spawned) mark the same array the building process reads.
+        self._bad_at_load: Tensor | None = (
+            torch.zeros(len(full), dtype=torch.uint8).share_memory_() if skip_corrupt else None
+        )
         self._same_class: dict[int, np.ndarray] | None = None
         self.class_names: list[str] | None = None  # name of each label, where the builder knows it
 
     @property
+    def runtime_skipped(self) -> list[str]:
+        """Images that passed the header scan but failed to decode when read, each once, from every
+        process that has read this dataset (its DataLoader workers included)."""
+        if self._bad_at_load is None:
+            return []
+        return [self.paths[i] for i in torch.nonzero(self._bad_at_load).flatten().tolist()]
+
+    @property
+    def num_skipped_at_load(self) -> int:
+        """``len(runtime_skipped)``."""
+        return 0 if self._bad_at_load is None else int(self._bad_at_load.sum())
+
+    @property
     def num_skipped(self) -> int:
-        """Images skipped as unreadable: at construction plus (in this process) at load time."""
-        return len(self.skipped_files) + len(self.runtime_skipped)
+        """Images skipped as unreadable: at the header scan plus at load time."""
+        return len(self.skipped_files) + self.num_skipped_at_load
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _mark_bad(self, index: int) -> None:
+        assert self._bad_at_load is not None
+        if not self._bad_at_load[index]:
+            self._bad_at_load[index] = 1
+            log.warning("%s: unreadable image %r skipped (skip_corrupt=true)", self.name, self.paths[index])
+
+    def _known_bad(self, index: int) -> bool:
+        return self._bad_at_load is not None and bool(self._bad_at_load[index])
+
     def _read(self, index: int) -> Image.Image:
-        try:
-            return load_image(self.paths[index], self.mode)
-        except CorruptImageError:
-            if not self.skip_corrupt:
+        if not self._known_bad(index):
+            try:
+                return load_image(self.paths[index], self.mode)
+            except ImageTooLargeError:
                 raise
+            except CorruptImageError:
+                if not self.skip_corrupt:
+                    raise
+                self._mark_bad(index)
         # Substitute the next readable image of the same class.
-        bad = self.paths[index]
-        self.runtime_skipped.append(bad)
-        log.warning("%s: unreadable image %r skipped (skip_corrupt=true)", self.name, bad)
         if self._same_class is None:
             order = np.argsort(self.labels, kind="stable")
             bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
@@ -277,11 +343,15 @@ class ImageListDataset(torch.utils.data.Dataset):
         start = int(np.flatnonzero(group == index)[0])
         for k in range(1, len(group)):
             other = int(group[(start + k) % len(group)])
+            if self._known_bad(other):
+                continue
             try:
                 return load_image(self.paths[other], self.mode)
+            except ImageTooLargeError:
+                raise
             except CorruptImageError:
-                continue
-        raise CorruptImageError(f"{self.name}: no readable image left in the class of {bad!r}")
+                self._mark_bad(other)
+        raise CorruptImageError(f"{self.name}: no readable image left in the class of {self.paths[index]!r}")
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         img = self._read(int(index))

@@ -1,15 +1,24 @@
-"""Where each dataset comes from: mirror URLs, checksums, archive layout, manual steps.
+"""Where each dataset comes from: mirror URLs, checksums, archive bounds, layout, manual steps.
 
-Everything here is from ``datasets.md`` (the project's dataset reference), which cites the
-public sources for each URL and checksum. URLs are tried in order; a file is accepted only if
-its size and MD5/SHA-256 match (or, for an archive without a published checksum, if known
-member checksums match after extraction), so a dead mirror that serves an HTML page, or a
-re-packed copy, is rejected rather than installed.
+Everything here is from docs/datasets.md (the project's dataset reference), which
+cites the public sources for each URL and checksum. URLs are tried in order; a file is accepted
+only if its size and MD5/SHA-256 match the values pinned here, so a dead mirror that serves an HTML
+page, or a re-packed copy, is rejected rather than installed. Every entry carries such a checksum:
+a file without a published one (e.g. the ``CARS196.zip`` of ftp.cs.stanford.edu) is not listed,
+and the installer refuses an entry without one before fetching or opening anything.
+
+Every archive also carries extraction bounds (member count, bytes), checked before and while it
+is extracted (``archives.py``). They are not published anywhere; each is our bound (c): the
+dataset's published image count plus its folders and metadata files, with a margin, and about
+twice (or three times, for small archives) the archive's size in bytes, since JPEGs do not
+compress. A genuine archive that exceeds one is a catalogue error: raise the bound here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from npair.data.archives import ExtractionLimits
 
 
 @dataclass(frozen=True)
@@ -17,9 +26,8 @@ class RemoteFile:
     """One file to fetch.
 
     ``extract``: unpack the archive into the staging tree at ``dest``; otherwise the file is
-    copied to ``dest`` (a relative path in the staging tree). ``member_md5``: relative paths in
-    the staging tree and their MD5, checked after extraction (for archives with no published
-    checksum).
+    copied to ``dest`` (a relative path in the staging tree). ``max_members`` / ``max_bytes``:
+    extraction bounds of an archive (required when ``extract``).
     """
 
     filename: str
@@ -29,11 +37,20 @@ class RemoteFile:
     size: int | None = None
     extract: bool = True
     dest: str = "."
-    member_md5: dict[str, str] = field(default_factory=dict)
+    max_members: int | None = None
+    max_bytes: int | None = None
 
     @property
     def verifiable(self) -> bool:
-        return bool(self.md5 or self.sha256 or self.member_md5)
+        """True when a checksum is pinned (MD5 or SHA-256): the only files that are fetched or installed."""
+        return bool(self.md5 or self.sha256)
+
+    @property
+    def limits(self) -> ExtractionLimits | None:
+        """Extraction bounds, or ``None`` if the catalogue gives none (such an archive is not extracted)."""
+        if self.max_members is None or self.max_bytes is None:
+            return None
+        return ExtractionLimits(self.max_members, self.max_bytes)
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,9 @@ CUB = DatasetSource(
                     md5="97eceeb196236b17998738112f37df78",
                     sha256="0c685df5597a8b24909f6a7c9db6d11e008733779a671760afef78feb49bf081",
                     size=1_150_585_339,
+                    # 11,788 images, 200 class folders, ~20 metadata files (docs/datasets.md §1)
+                    max_members=20_000,
+                    max_bytes=3_000_000_000,
                 ),
             ),
             subdir="CUB_200_2011",
@@ -110,6 +130,9 @@ CARS = DatasetSource(
                         "http://imagenet.stanford.edu/internal/car196/car_ims.tgz",
                     ),
                     md5="d5c8f0aa497503f355e17dc7886c3f14",
+                    # 16,185 images in car_ims/, about 1.9 GB (size not confirmed; docs/datasets.md §2)
+                    max_members=25_000,
+                    max_bytes=4_000_000_000,
                 ),
                 RemoteFile(
                     "cars_annos.mat",
@@ -123,21 +146,6 @@ CARS = DatasetSource(
                 ),
             ),
         ),
-        Variant(
-            "CARS196.zip (ftp.cs.stanford.edu; liveness not confirmed; verified by member checksums)",
-            (
-                RemoteFile(
-                    "CARS196.zip",
-                    ("http://ftp.cs.stanford.edu/cs/cvgl/CARS196.zip",),
-                    member_md5={
-                        "CARS196/cars_annos.mat": _CARS_ANNOS_MD5,
-                        "CARS196/car_ims/000001.jpg": "2d44a28f071aeaac9c0802fddcde452e",
-                        "CARS196/car_ims/016185.jpg": "bab296d5e4b2290d024920bf4dc23d07",
-                    },
-                ),
-            ),
-            subdir="CARS196",
-        ),
     ),
     manual="""\
 All Stanford URLs for Cars196 are dead (ai.stanford.edu/~jkrause since 2023, imagenet.stanford.edu since 2021).
@@ -145,7 +153,10 @@ Get the two official files from any copy you trust:
   car_ims.tgz      MD5 d5c8f0aa497503f355e17dc7886c3f14   (16,185 JPEGs car_ims/000001.jpg ... 016185.jpg)
   cars_annos.mat   MD5 b407c6086d669747186bd1d764ff9dbc
 put them in {downloads} and rerun `python -m npair.data.download cars196 --root {root}`: they are verified and
-extracted to {target}. Kaggle's class-folder copies (jutrera/..., jessicali9530/...) use other layouts and are not read.""",
+extracted to {target}. Kaggle's class-folder copies (jutrera/..., jessicali9530/...) use other layouts and are not read.
+CARS196.zip (ftp.cs.stanford.edu) has no published checksum, so it is never fetched or extracted here.
+Its CARS196/ folder has this dataset's layout: unpacking it into {target} yourself is at your own risk
+(the tree is then not verified; cars_annos.mat should have the MD5 above).""",
 )
 
 SOP = DatasetSource(
@@ -170,6 +181,9 @@ SOP = DatasetSource(
                     md5="7f73d41a2f44250d4779881525aea32e",
                     sha256="b04fa78210e69fab050ce73939550e1cd0f96890bdd98ec9fee732c3b756ef48",
                     size=3_083_860_082,
+                    # 120,053 images in 12 folders, ~20 metadata files (docs/datasets.md §3)
+                    max_members=150_000,
+                    max_bytes=6_500_000_000,
                 ),
             ),
             subdir="Stanford_Online_Products",
@@ -200,6 +214,9 @@ LFW = DatasetSource(
                     md5="a17d05bd522c52d84eca14327a23d494",
                     sha256="055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0",
                     size=180_566_744,
+                    # 13,233 images in 5,749 folders (docs/datasets.md §4)
+                    max_members=30_000,
+                    max_bytes=600_000_000,
                 ),
                 RemoteFile(
                     "pairs.txt",
@@ -281,6 +298,9 @@ FLOWERS102 = DatasetSource(
                     "102flowers.tgz",
                     ("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",),
                     md5="52808999861908f626f3c1f4e79d11fa",
+                    # 8,189 images in jpg/; the archive is about 330 MB (docs/datasets.md §8)
+                    max_members=12_000,
+                    max_bytes=1_000_000_000,
                 ),
                 RemoteFile(
                     "imagelabels.mat",
