@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from npair.config_location import config_dir
 from npair.evaluation import EmbeddingSet, Evaluator
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = config_dir()
 RESULT_SCHEMA = 1
 
 

@@ -32,9 +32,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from npair.config_location import config_dir
 from npair.runio import atomic_write_text, is_complete
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = config_dir()
 
 
 # ------------------------------------------------------------------------------------ statistics

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from npair import checkpoint as ckpt
 from npair import ddp, guards
 from npair import distributed as npd
+from npair.config_location import config_dir
 from npair.data.base import DatasetSplits
 from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
@@ -43,7 +44,7 @@ from npair.stream import BatchStream, SkippingBatchSampler
 
 log = logging.getLogger("npair.train")
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = config_dir()
 # Cached, so a sweep's jobs (joblib/submitit workers, other processes) resolve hydra.sweep.dir to the launching
 # process's id, i.e. the directory the launcher created, and a requeued job finds its run directory again.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
