@@ -101,7 +101,7 @@ def test_a_missing_wheel_folder_is_named(tmp_path: Path) -> None:
 
 
 def test_the_gpu_budgets_and_the_install_fit_in_eight_minutes() -> None:
-    assert gpu_check.INSTALL_BUDGET_S + sum(s.budget_s["gpu"] for s in gpu_check.STAGES) <= 8 * 60
+    assert gpu_check.INSTALL_BUDGET_S + sum(s.budget_s["gpu"] for s in gpu_check.STAGES) <= 8 * 60 - 5  # driver
     assert [s.number for s in gpu_check.STAGES] == [1, 2, 3, 4, 5]
     assert all((gpu_check.SCRIPTS / s.script).exists() for s in gpu_check.STAGES)
 
