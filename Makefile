@@ -11,7 +11,7 @@ TABLE ?= mini
 DATASET ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all reproduce-table data bench clean-outputs
+.PHONY: install test test-all reproduce-table data bench gpu-check gpu-check-smoke clean-outputs
 
 install: $(STAMP)
 
@@ -42,3 +42,15 @@ bench: install
 	$(BIN)/python scripts/bench_evaluator.py
 	$(BIN)/python scripts/bench_data.py
 	$(BIN)/python scripts/bench_mini_run.py
+
+# The GPU check (README: "The GPU check"), at most 8 minutes on one GPU. Installs nothing with pip from the
+# network, so it needs no .venv: it runs with the checkout's .venv when there is one, else python3 (or
+# GPU_CHECK_PYTHON), installing offline the wheels it finds (.whl/ in the checkout, ../wheels beside it).
+GPU_CHECK_OUT ?= outputs/gpu_check
+GPU_CHECK_ARGS ?=
+gpu-check:
+	scripts/gpu_check.sh $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+# Every stage of the GPU check at toy size on the CPU (CI runs it after the tests).
+gpu-check-smoke: install
+	GPU_CHECK_PYTHON=$(BIN)/python scripts/gpu_check.sh outputs/gpu_check_smoke --cpu-smoke $(GPU_CHECK_ARGS)

@@ -24,7 +24,11 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class SkippingBatchSampler(Sampler[list[int]]):
-    """A batch sampler whose next pass can start ``n`` batches in (``skip_next(n)``)."""
+    """A batch sampler whose passes start ``n`` batches in (``skip_next(n)``), until ``skip_next`` is called again.
+
+    The skip is not cleared by iterating: torch's multi-process DataLoader iterator calls ``iter()`` twice
+    for its first pass, so :class:`BatchStream` sets the skip before every pass instead.
+    """
 
     def __init__(self, sampler: Any) -> None:
         self.sampler = sampler
@@ -37,8 +41,7 @@ class SkippingBatchSampler(Sampler[list[int]]):
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[list[int]]:
-        skip, self._skip = self._skip, 0
-        return itertools.islice(iter(self.sampler), skip, None)
+        return itertools.islice(iter(self.sampler), self._skip, None)
 
 
 class BatchStream:
