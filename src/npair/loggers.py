@@ -292,3 +292,20 @@ class RunLogger:
             )
             print(message, flush=True)
             log.info(message.replace("\n", " "))
+
+
+class SilentLogger:
+    """What ranks other than 0 log: nothing (no files, no W&B); the interface of :class:`RunLogger`."""
+
+    def __init__(self) -> None:
+        self.record: dict[str, Any] = {"history": []}
+        self.start = 0.0
+
+    def log_train(self, row: dict[str, Any]) -> None:
+        pass
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def finish(self, status: str, final: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+        pass

@@ -31,13 +31,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from npair import checkpoint as ckpt
-from npair import ddp, guards
-from npair import distributed as npd
+from npair import collectives, guards, run_context
 from npair.data.base import DatasetSplits
 from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
-from npair.loggers import RunLogger
+from npair.loggers import RunLogger, SilentLogger
 from npair.models import build_model
+from npair.models.batchnorm import sync_batchnorm
 from npair.runio import CHECKPOINT_FILE, CONFIG_FILE, atomic_write_text, config_hash, git_commit
 from npair.stream import BatchStream, SkippingBatchSampler
 
@@ -187,34 +187,34 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, splits: DatasetSplits, evalua
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train and evaluate one configuration; rank 0 writes everything into ``run_dir``. Returns final metrics.
 
-    Under torchrun with ``trainer=ddp`` every rank calls this (npair.ddp says what changes with W ranks).
+    Under torchrun with ``trainer=ddp`` every rank calls this (npair.run_context says what changes with W ranks).
     """
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
-    ctx, device = ddp.setup(cfg.trainer, pick_device(str(cfg.trainer.device)))
+    ctx, device = run_context.setup(cfg.trainer, pick_device(str(cfg.trainer.device)))
     try:
         return train(cfg, Path(run_dir), ctx, device)
     finally:
-        ddp.teardown(ctx)
+        run_context.teardown(ctx)
 
 
-def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device) -> dict[str, float]:
+def train(cfg: DictConfig, run_dir: Path, ctx: run_context.Context, device: torch.device) -> dict[str, float]:
     trainer = cfg.trainer
-    resume = ddp.on_main(lambda: ckpt.plan(trainer.resume, run_dir), ctx)
+    resume = collectives.on_main(lambda: ckpt.plan(trainer.resume, run_dir), ctx)
     if resume.completed is not None:
         log.info("%s holds a completed run: left alone (trainer.resume=never trains it again)", run_dir)
         return resume.completed
-    ddp.gather_negatives(cfg, ctx)
+    run_context.gather_negatives(cfg, ctx)
     amp_dtype = autocast_dtype(trainer.precision, device)
     seed_everything(int(cfg.seed), bool(trainer.deterministic))
 
-    with ddp.main_process_first(ctx):
+    with collectives.main_process_first(ctx):
         splits: DatasetSplits = instantiate(cfg.dataset.build)
     per_rank_batch = guards.per_rank_batch(cfg.sampler, ctx.world_size)  # impossible combinations fail here,
     guards.check_sampler_fits_data(cfg, splits)                          # before any file of the run exists
     model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
     if ctx.enabled and trainer.ddp.sync_batchnorm:
-        model = ddp.sync_batchnorm(model, device)
+        model = sync_batchnorm(model, device)
     model = model.to(device)
     channels_last = device.type == "cuda" if trainer.channels_last == "auto" else bool(trainer.channels_last)
     if channels_last:
@@ -250,7 +250,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
     step, resumed_at = 0, None  # resume: every state the uninterrupted run would have at this step
     if resume.checkpoint is not None:
         path = resume.checkpoint
-        state = ddp.on_main(lambda: ckpt.load(path), ctx)
+        state = collectives.on_main(lambda: ckpt.load(path), ctx)
         ckpt.check_config(state, cfg, path, resume.explicit)
         for module, key in ((model, "model"), (loss_fn, "loss"), (optimizer, "optimizer"), (scheduler, "scheduler"),
                             (scaler, "scaler"), (sampler, "sampler"), (batches, "stream")):
@@ -279,14 +279,14 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
         if resumed_at is not None:
             ckpt.restore_logger(logger, resumed_log, carried_rows)
     else:
-        logger = ddp.SilentLogger()
+        logger = SilentLogger()
     log.info("run %s: %s | %s | %s on %s × %d (%d train / %d test images)", run_dir, cfg.loss.name,
              cfg.sampler.name, cfg.dataset.name, header["device"], ctx.world_size, len(splits.train), len(splits.test))
 
-    train_model, train_loss = ddp.wrap(model, ctx, device), ddp.wrap(loss_fn, ctx, device)
+    train_model, train_loss = run_context.wrap(model, ctx, device), run_context.wrap(loss_fn, ctx, device)
     if trainer.compile:
         train_model = torch.compile(train_model)
-    loss_scale = ddp.loss_scale(loss_fn, ctx)  # W·L under gathered negatives: DDP averages W partial gradients
+    loss_scale = run_context.loss_scale(loss_fn, ctx)  # W·L under gathered negatives: DDP averages W partial gradients
     max_steps, eval_every, log_every = int(trainer.max_steps), int(trainer.eval_every), int(trainer.log_every)
     checkpoint_every = int(trainer.checkpoint_every or 0)
     n_per_class = int(cfg.sampler.get("n_per_class", 2))
@@ -299,7 +299,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
         nonlocal saved_step
         if not trainer.save_checkpoint:
             return
-        rng = ddp.gather_objects(ckpt.capture_rng(), ctx)
+        rng = collectives.gather_objects(ckpt.capture_rng(), ctx)
         if ctx.is_main:
             ckpt.save(run_dir / CHECKPOINT_FILE, {
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
@@ -346,7 +346,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
                 with autocast():
                     embeddings = train_model(images)
                 loss = train_loss(embeddings.float(), labels)
-                guards.require_finite_loss(ddp.any_rank(not torch.isfinite(loss), ctx, device), loss, step, kept())
+                guards.require_finite_loss(collectives.any_rank(not torch.isfinite(loss), ctx, device), loss, step, kept())
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss * loss_scale if loss_scale != 1 else loss).backward()
                 if trainer.grad_clip:
@@ -363,8 +363,8 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
                 window_images += len(images) * ctx.world_size
                 if step % log_every == 0 or step == max_steps:
                     rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                    batch_loss = loss if loss_scale != 1 else ddp.mean_over_ranks(loss, ctx)  # the global batch's
-                    global_batch = npd.gather_no_grad(embeddings.detach().float()) if ctx.enabled else embeddings
+                    batch_loss = loss if loss_scale != 1 else collectives.mean_over_ranks(loss, ctx)  # the global batch's
+                    global_batch = collectives.gather_no_grad(embeddings.detach().float()) if ctx.enabled else embeddings
                     row = {"step": step, "epoch": epoch, "loss": batch_loss.item(), "lr": scheduler.get_last_lr()[0],
                            "images_per_s": round(rate, 1),
                            "batch_acc": batch_accuracy(global_batch, sampler.layout, n_per_class)}
@@ -378,7 +378,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
                     evaluate_and_log(step)
                 elif checkpoint_every and step % checkpoint_every == 0 and step < max_steps:
                     checkpoint(step)
-                if step < max_steps and ddp.any_rank(stop.requested is not None, ctx, device):  # SIGINT/SIGTERM
+                if step < max_steps and collectives.any_rank(stop.requested is not None, ctx, device):  # SIGINT/SIGTERM
                     if saved_step != step:
                         checkpoint(step)
                     raise KeyboardInterrupt
@@ -401,7 +401,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
     logger.finish(status, final, {"steps_done": done})
     if status == "interrupted":
         raise KeyboardInterrupt
-    return ddp.broadcast_object(final, ctx)
+    return collectives.broadcast_object(final, ctx)
 
 
 def describe_device(device: torch.device) -> str:

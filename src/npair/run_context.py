@@ -1,4 +1,6 @@
-"""Training in several processes with PyTorch's DistributedDataParallel (``trainer=ddp``).
+"""The multi-process run context: which rank this process is, joining and leaving the process group, and
+what DistributedDataParallel changes in a run (``trainer=ddp``). The exchanges between ranks are in
+npair.collectives.
 
     torchrun --nproc_per_node=K -m npair.train trainer=ddp ...            # K GPUs (or K CPU processes)
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 -m npair.train trainer=ddp
@@ -13,7 +15,7 @@ What W ranks change, and why one process and W processes train the same model:
   the exception: each rank builds complete tuplets from its N/W classes.)
 * **Negatives.** ``trainer.ddp.gather_negatives`` sets ``loss.gather_across_ranks`` for the losses
   that have it (N-pair-mc, N-pair-ovo): every rank computes the loss of the whole global batch
-  (N = the global number of classes), gradient flowing into its own slice (npair.distributed).
+  (N = the global number of classes), gradient flowing into its own slice (npair.collectives).
 * **Loss scale.** DDP *averages* parameter gradients over ranks. With gathered negatives every rank's
   loss is the global loss L and its backward gives the part of dL/dθ that flows through its own
   slice, so the average is (1/W)·dL/dθ. The loop therefore calls ``backward()`` on W·L
@@ -21,7 +23,7 @@ What W ranks change, and why one process and W processes train the same model:
   are means over equal-sized slices, whose average gradient is already the global one: scale 1.
 * **BatchNorm.** ``trainer.ddp.sync_batchnorm`` makes training-mode BatchNorm use the statistics
   of the global batch, as one process would: ``torch.nn.SyncBatchNorm`` on CUDA, and on CPU/gloo
-  (where SyncBatchNorm does not run) :class:`GlobalBatchNorm2d`.
+  (where SyncBatchNorm does not run) :class:`npair.models.batchnorm.GlobalBatchNorm2d`.
 * **Rank 0 only** evaluates, logs (RunLogger, W&B, tqdm, INFO messages) and writes files; the other
   ranks keep no RunLogger and write nothing (``trainer=ddp`` also points their Hydra output away
   from the run directory). Checkpoints hold every rank's RNG state, gathered to rank 0.
@@ -33,10 +35,8 @@ are taken from SLURM (``submitit.helpers.TorchDistributedEnvironment``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -44,12 +44,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
-from npair import distributed as npd
-from npair.models.batchnorm import replace_children
-
-log = logging.getLogger("npair.ddp")
+log = logging.getLogger("npair.run_context")
 
 
 # ---------------------------------------------------------------------------------- who am I
@@ -134,74 +131,6 @@ def teardown(ctx: Context) -> None:
         dist.destroy_process_group()
 
 
-# ------------------------------------------------------------------------------- collectives
-def barrier(ctx: Context) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def main_process_first(ctx: Context) -> Iterator[None]:
-    """Rank 0 runs the block first (downloads, caches), then the others (reading what it wrote)."""
-    if not ctx.is_main:
-        barrier(ctx)
-    yield
-    if ctx.is_main:
-        barrier(ctx)
-
-
-def broadcast_object(obj: Any, ctx: Context) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.enabled:
-        return obj
-    box = [obj if ctx.is_main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def on_main(fn: Callable[[], Any], ctx: Context) -> Any:
-    """``fn()`` computed on rank 0 and its result, or its exception (re-raised), on every rank."""
-    if not ctx.enabled:
-        return fn()
-    outcome: tuple[str, Any] | None = None
-    if ctx.is_main:
-        try:
-            outcome = ("ok", fn())
-        except Exception as err:  # noqa: BLE001  (handed to every rank, then raised)
-            outcome = ("error", err)
-    kind, value = broadcast_object(outcome, ctx)
-    if kind == "error":
-        raise value
-    return value
-
-
-def gather_objects(obj: Any, ctx: Context) -> list[Any]:
-    """Every rank's ``obj``, in rank order, on every rank."""
-    if not ctx.enabled:
-        return [obj]
-    out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def any_rank(flag: bool, ctx: Context, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one (so all ranks take the same branch)."""
-    if not ctx.enabled:
-        return bool(flag)
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
-def mean_over_ranks(value: Tensor, ctx: Context) -> Tensor:
-    """The mean over ranks of a per-rank scalar (for logging a per-rank loss as the global batch's)."""
-    if not ctx.enabled:
-        return value
-    value = value.detach().clone()
-    dist.all_reduce(value)
-    return value / ctx.world_size
-
-
 # ------------------------------------------------------------------------------ the training
 def loss_scale(loss_fn: nn.Module, ctx: Context) -> float:
     """W when every rank computes the same gathered loss (DDP then averages W partial gradients), else 1."""
@@ -214,97 +143,8 @@ def gather_negatives(cfg: DictConfig, ctx: Context) -> None:
         cfg.loss.gather_across_ranks = True
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """y = Σ_ranks x; its backward sums the incoming gradients over ranks (every rank's loss depends on y)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        out = x.clone()
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d normalising with the statistics of the global batch (all ranks) in training mode.
-
-    For gloo/CPU, where ``torch.nn.SyncBatchNorm`` refuses to run. y = (x − μ)/√(σ² + ε)·γ + β with
-    μ = Σx / n and σ² = Σ(x − μ)² / n summed over all ranks' batches (n = the global count) by two
-    differentiable all-reduces (their backward sums the gradients of every rank's loss, as
-    SyncBatchNorm's does); the running statistics use the unbiased σ²·n/(n − 1), as nn.BatchNorm2d.
-    Outside training or outside a process group it is exactly nn.BatchNorm2d (same state_dict keys).
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and npd.is_distributed()):
-            return super().forward(x)
-        dims = [0, 2, 3]
-        count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float64, device=x.device)
-        dist.all_reduce(count)
-        n = float(count.item())
-        mean = _SumOverRanks.apply(x.sum(dims)) / n
-        centred = x - mean.view(1, -1, 1, 1)
-        var = _SumOverRanks.apply(centred.square().sum(dims)) / n
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach(), factor)
-                self.running_var.lerp_(var.detach() * n / max(n - 1.0, 1.0), factor)
-        out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
-        if self.affine:
-            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return out
-
-
-def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Training-mode BatchNorm over the global batch: SyncBatchNorm on CUDA, GlobalBatchNorm2d elsewhere.
-
-    Parameters and buffers are moved, not copied, so call it before building the optimiser.
-    """
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _to_global_batchnorm(model)
-
-
-def _to_global_batchnorm(module: nn.Module) -> nn.Module:
-    if type(module) is nn.BatchNorm2d:
-        replaced = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                     module.track_running_stats, device=None)
-        if module.affine:
-            replaced.weight, replaced.bias = module.weight, module.bias
-        if module.track_running_stats:
-            replaced.running_mean, replaced.running_var = module.running_mean, module.running_var
-            replaced.num_batches_tracked = module.num_batches_tracked
-        replaced.train(module.training)
-        return replaced
-    return replace_children(module, _to_global_batchnorm)
-
-
 def wrap(module: nn.Module, ctx: Context, device: torch.device) -> nn.Module:
     """DistributedDataParallel around ``module`` under DDP when it has trainable parameters, else itself."""
     if not ctx.enabled or not any(p.requires_grad for p in module.parameters()):
         return module
     return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-class SilentLogger:
-    """What ranks other than 0 log: nothing (no files, no W&B). Mirrors npair.loggers.RunLogger."""
-
-    def __init__(self) -> None:
-        self.record: dict[str, Any] = {"history": []}
-        self.start = 0.0
-
-    def log_train(self, row: dict[str, Any]) -> None:
-        pass
-
-    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def finish(self, status: str, final: dict[str, float], extra: dict[str, Any] | None = None) -> None:
-        pass
