@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from npair.configuration import CONFIG_DIR
 from npair.evaluation import EmbeddingSet, Evaluator
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 RESULT_SCHEMA = 1
 
 

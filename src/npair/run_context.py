@@ -39,34 +39,13 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 log = logging.getLogger("npair.run_context")
-
-
-# ---------------------------------------------------------------------------------- who am I
-def env_rank() -> int:
-    """The global rank announced by the launcher's environment (torchrun: RANK; SLURM via submitit:
-    SLURM_PROCID), 0 when there is none. Usable before any process group exists (config resolvers)."""
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"])
-    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_PROCID" in os.environ:
-        return int(os.environ["SLURM_PROCID"])
-    return 0
-
-
-def _if_rank_zero(on_rank_zero: Any, elsewhere: Any = None) -> Any:
-    """Config resolver ``${if_rank_zero:A,B}``: A on global rank 0, B on the others (trainer/ddp.yaml)."""
-    return on_rank_zero if env_rank() == 0 else elsewhere
-
-
-OmegaConf.register_new_resolver("if_rank_zero", _if_rank_zero, replace=True)
-OmegaConf.register_new_resolver("devnull", lambda: os.devnull, replace=True)
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from npair.configuration import CONFIG_DIR
 from npair.runio import atomic_write_text, is_complete
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 # ------------------------------------------------------------------------------------ statistics

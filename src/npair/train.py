@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from npair import checkpoint as ckpt
 from npair import collectives, guards, run_context
+from npair.configuration import CONFIG_DIR, register_resolvers
 from npair.data.base import DatasetSplits
 from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
@@ -43,10 +44,8 @@ from npair.stream import BatchStream, SkippingBatchSampler
 
 log = logging.getLogger("npair.train")
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-# Cached, so a sweep's jobs (joblib/submitit workers, other processes) resolve hydra.sweep.dir to the launching
-# process's id, i.e. the directory the launcher created, and a requeued job finds its run directory again.
-OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
+# Before Hydra composes a config: launcher workers import this module to find the task function.
+register_resolvers()
 
 
 def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
