@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from omegaconf import DictConfig
 
-from npair.train import compose_train, run
+from npair.build import compose_train
+from npair.train import run
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from npair.runio import METRICS_SCHEMA_VERSION
-from npair.train import batch_accuracy, run
+from npair.train import run
 from tests.conftest import TINY, compose_config, run_cli
 
 
@@ -58,17 +58,6 @@ def test_mismatched_loss_and_sampler_fail_before_training(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="loss=triplet reads 'triplets' batches but sampler=npair makes 'class_blocks'"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()
-
-
-def test_batch_accuracy_on_constructed_batches() -> None:
-    # Two classes, anchors equal to their own positives: N-way accuracy 1; swapped positives: 0.
-    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    right = torch.stack([a[0], a[0], a[1], a[1]])
-    wrong = torch.stack([a[0], a[1], a[1], a[0]])
-    assert batch_accuracy(right, "class_blocks", 2) == 1.0
-    assert batch_accuracy(wrong, "class_blocks", 2) == 0.0
-    triplets = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
-    assert batch_accuracy(triplets, "triplets", 2) == 0.5
 
 
 # ----------------------------------------------------------------------------- the command line

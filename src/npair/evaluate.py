@@ -144,7 +144,7 @@ def _classifier(cfg, state, splits, device):
     """
     if not state.get("loss"):
         return None
-    from npair.train import build_loss
+    from npair.build import build_loss
 
     loss = build_loss(cfg, splits)
     loss.load_state_dict(state["loss"])

@@ -167,7 +167,7 @@ def load_spec(name: str, config_dir: Path = CONFIG_DIR) -> TableSpec:
 
 def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictConfig:
     """The training config of one run, exactly as ``npair.train`` composes it."""
-    from npair.train import compose_train
+    from npair.build import compose_train
 
     cfg = compose_train([f"experiment={experiment}", f"seed={seed}", *overrides])
     if cfg.name != experiment:
@@ -233,9 +233,9 @@ def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> Non
     import torch
     from hydra.utils import instantiate
 
+    from npair.build import build_loss, evaluate_model, make
     from npair.models import build_model
     from npair.runio import CHECKPOINT_FILE, atomic_write_json
-    from npair.train import build_loss, evaluate, make
 
     run_dir = run_dir_of(root, row.experiment, seed)
     cfg = compose_run(row.experiment, seed, [*overrides, *row.evaluate_with])
@@ -246,7 +246,7 @@ def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> Non
     loss_fn = build_loss(cfg, splits)
     loss_fn.load_state_dict(checkpoint.get("loss", {}))
     evaluator = make(cfg.eval)
-    metrics = evaluate(model, loss_fn, splits, evaluator, cfg, torch.device("cpu"))
+    metrics = evaluate_model(model, loss_fn, splits, evaluator, cfg, torch.device("cpu"))
     atomic_write_json(run_dir / "eval" / f"{row.eval_slug}.json", {
         "status": "completed", "evaluate_with": row.evaluate_with, "step": checkpoint.get("step"),
         "similarity": getattr(evaluator, "similarity", None), "final": metrics})

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import math
 import os
-import random
 import socket
 import sys
 import time
@@ -32,13 +31,23 @@ from tqdm.auto import tqdm
 
 from npair import checkpoint as ckpt
 from npair import collectives, guards, run_context
+from npair.build import (
+    autocast_dtype,
+    build_loss,
+    check_compatible,
+    describe_device,
+    evaluate_model,
+    make,
+    pick_device,
+    seed_everything,
+)
 from npair.configuration import CONFIG_DIR, register_resolvers
 from npair.data.base import DatasetSplits
-from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
 from npair.loggers import RunLogger, SilentLogger
 from npair.models import build_model
 from npair.models.batchnorm import sync_batchnorm
+from npair.probe import Probe, batch_accuracy
 from npair.runio import CHECKPOINT_FILE, CONFIG_FILE, atomic_write_text, config_hash, git_commit
 from npair.stream import BatchStream, SkippingBatchSampler
 
@@ -46,140 +55,6 @@ log = logging.getLogger("npair.train")
 
 # Before Hydra composes a config: launcher workers import this module to find the task function.
 register_resolvers()
-
-
-def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The config ``python -m npair.train <overrides>`` runs (configs/train.yaml), composed in-process."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-# ------------------------------------------------------------------------------------ set-up helpers
-def make(node: DictConfig, **kwargs: Any) -> Any:
-    """Instantiate a config-group node (its ``_target_``), dropping the descriptive ``name`` key."""
-    container = OmegaConf.to_container(node, resolve=True)
-    container.pop("name", None)
-    return instantiate(container, **kwargs)
-
-
-def build_loss(cfg: DictConfig, splits: DatasetSplits) -> nn.Module:
-    """The configured loss; ``loss.num_classes: null`` (a classifier) becomes the number of training classes."""
-    kwargs = {"num_classes": splits.num_train_classes} if cfg.loss.get("num_classes", 0) is None else {}
-    return make(cfg.loss, **kwargs)
-
-
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={spec!r} but CUDA is not available; use trainer.device=cpu or auto")
-    return device
-
-
-def autocast_dtype(precision: str | int, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``trainer.precision`` (None = full fp32)."""
-    precision = str(precision)
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    choices = {"32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "16": torch.float16}
-    if precision not in choices:
-        raise ValueError(f"trainer.precision={precision!r}: use auto, 32, bf16 or fp16")
-    if choices[precision] is torch.float16 and device.type != "cuda":
-        raise ValueError("trainer.precision=fp16 needs CUDA; use bf16 or 32 on CPU")
-    return choices[precision]
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def check_compatible(loss_fn: nn.Module, sampler: Any, cfg: DictConfig) -> None:
-    """The sampler must produce the batch layout the loss reads (see npair.losses)."""
-    want, have = getattr(loss_fn, "layout", "any"), getattr(sampler, "layout", None)
-    if want != "any" and want != have:
-        raise ValueError(
-            f"loss={cfg.loss.name} reads {want!r} batches but sampler={cfg.sampler.name} makes {have!r} batches; "
-            f"choose a sampler with layout {want!r} (e.g. the one its experiment configs use)"
-        )
-
-
-@torch.no_grad()
-def batch_accuracy(embeddings: Tensor, layout: str, n_per_class: int) -> float | None:
-    """The paper's training-curve accuracy on the current batch (inner product, paper.md §5.5).
-
-    class_blocks: the N-way accuracy — an anchor (image 1 of its class block) is right when its own
-    positive (image 2) is the most similar of the N positives. triplets: the 2-way accuracy f·f⁺ > f·f⁻.
-    """
-    emb = embeddings.detach().float()
-    if layout == "class_blocks" and n_per_class >= 2:
-        blocks = emb.view(-1, n_per_class, emb.shape[1])
-        scores = blocks[:, 0] @ blocks[:, 1].T
-        return (scores.argmax(1) == torch.arange(len(scores), device=emb.device)).float().mean().item()
-    if layout == "triplets":
-        a, p, n = emb.view(-1, 3, emb.shape[1]).unbind(1)
-        return ((a * p).sum(1) > (a * n).sum(1)).float().mean().item()
-    return None
-
-
-class Probe:
-    """A fixed batch of N training classes × 2 images, scored the way the paper's training-curve figure
-    measures every model (paper.md §5.5): N-way and 2-way ("triplet") accuracy and loss on inner products.
-
-    N-way: anchor i is right when its own positive is the most similar of the N positives; the N-way loss
-    is the N-pair-mc loss without regulariser. 2-way: anchor i against its positive and the positive of
-    class i+1 (mod N); the 2-way loss is log(1 + exp(f·f⁻ − f·f⁺)).
-    """
-
-    def __init__(self, dataset: Any, n_classes: int, seed: int) -> None:
-        labels = np.asarray(dataset.labels)
-        rng = np.random.default_rng(seed + 7919)
-        eligible = [c for c in np.unique(labels) if np.sum(labels == c) >= 2]
-        chosen = rng.choice(eligible, size=min(n_classes, len(eligible)), replace=False)
-        self.indices = [int(i) for c in chosen for i in rng.choice(np.flatnonzero(labels == c), 2, replace=False)]
-        self.images = torch.stack([dataset[i][0] for i in self.indices])
-        self.n = len(chosen)
-
-    @torch.no_grad()
-    def __call__(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        emb = model(self.images.to(device)).float().view(self.n, 2, -1)
-        model.train(was_training)
-        scores = emb[:, 0] @ emb[:, 1].T
-        target = torch.arange(self.n, device=scores.device)
-        pos, neg = scores.diagonal(), scores[target, (target + 1) % self.n]
-        return {"probe_nway_acc": (scores.argmax(1) == target).float().mean().item(),
-                "probe_2way_acc": (pos > neg).float().mean().item(),
-                "probe_nway_loss": nn.functional.cross_entropy(scores, target).item(),
-                "probe_2way_loss": nn.functional.softplus(neg - pos).mean().item()}
-
-
-def evaluate(model: nn.Module, loss_fn: nn.Module, splits: DatasetSplits, evaluator: Any,
-             cfg: DictConfig, device: torch.device) -> dict[str, float]:
-    """Embed the test split (and the training split when the protocol needs it) and run the evaluator."""
-    bs, workers = int(cfg.trainer.eval_batch_size), int(cfg.trainer.num_workers)
-    test = embed_dataset(model, splits.test, batch_size=bs, device=device, num_workers=workers)
-    if hasattr(loss_fn, "logits"):  # a softmax classifier: its own predictions give the † accuracy
-        with torch.no_grad():
-            test.logits = loss_fn.logits(torch.from_numpy(test.embeddings).to(device)).float().cpu().numpy()
-    reference: EmbeddingSet | None = None
-    if evaluator.needs_reference:
-        reference = embed_dataset(model, splits.train, batch_size=bs, device=device, num_workers=workers)
-    model.train()
-    return {k: float(v) for k, v in evaluator(test, reference, extras=splits.extras).items()}
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -318,7 +193,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: run_context.Context, device: torc
     def evaluate_and_log(step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if ctx.is_main:
-            metrics = evaluate(model, loss_fn, splits, evaluator, cfg, device)
+            metrics = evaluate_model(model, loss_fn, splits, evaluator, cfg, device)
             logger.log_eval(step, metrics)
             log.info("step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         checkpoint(step)
@@ -401,12 +276,6 @@ def train(cfg: DictConfig, run_dir: Path, ctx: run_context.Context, device: torc
     if status == "interrupted":
         raise KeyboardInterrupt
     return collectives.broadcast_object(final, ctx)
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -18,7 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from npair.plots.style import STYLE, label_colours, save_figure, steps_formatter
 
-# The curve measures and the train_log.csv column each comes from (npair.train.Probe; paper.md §5.5).
+# The curve measures and the train_log.csv column each comes from (npair.probe.Probe; docs/paper.md §5.5).
 MEASURES = {
     "nway_loss": "probe_nway_loss",
     "2way_loss": "probe_2way_loss",
