@@ -18,7 +18,6 @@ import pytest
 import wandb
 from omegaconf import OmegaConf
 
-from npair.checkpoint import restore_logger
 from npair.loggers import RunLogger, batch_shape_tag, resolve_wandb_mode, run_tags
 from npair.tables import Row, TableSpec, write_table
 from npair.train import run
@@ -167,8 +166,7 @@ def test_a_resumed_run_sends_its_restored_history_to_wandb(
     )
     logger = RunLogger(tmp_path / "run", cfg, {"name": "t/resume", "seed": 0, "resumed_from_step": 2})
     # what the training loop does on resume: restore history and elapsed time, replay train_log rows
-    restore_logger(
-        logger,
+    logger.restore(
         {"history": [{"step": 2, "recall@1": 0.25}], "elapsed_s": 5.0},
         [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}],
     )

@@ -22,11 +22,9 @@ on CPU, as a run never interrupted (see npair.stream for the limits with worker-
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import random
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,45 +191,9 @@ def rng_for_rank(ckpt: dict[str, Any], rank: int) -> dict[str, Any]:
     return states[rank] if rank < len(states) else states[0]
 
 
-def previous_train_rows(csv_path: Path, upto_step: int) -> list[dict[str, Any]]:
-    """The rows of an interrupted run's train_log.csv up to ``upto_step`` (to carry over on resume)."""
-    if not csv_path.exists():
-        return []
-    rows = []
-    with open(csv_path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            try:
-                if int(row["step"]) > upto_step:
-                    break
-            except (KeyError, TypeError, ValueError):
-                continue
-            rows.append({k: _number(v) for k, v in row.items() if k != "elapsed_s"})
-    return rows
-
-
 def logger_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What the RunLogger had recorded when the checkpoint was written: evaluation history, elapsed time."""
     return {"history": [dict(h) for h in ckpt.get("history", [])], "elapsed_s": float(ckpt.get("elapsed_s", 0.0))}
-
-
-def restore_logger(logger: Any, state: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Give a fresh RunLogger the interrupted run's evaluation history, elapsed time and train_log rows
-    (:func:`logger_state`, :func:`previous_train_rows`); its wall time then counts from the first start."""
-    logger.record["history"] = list(state["history"])
-    logger.start = time.time() - state["elapsed_s"]
-    for row in rows:
-        logger.log_train(row)
-    logger.flush()
-
-
-def _number(text: Any) -> Any:
-    if text in (None, ""):
-        return None
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return text
-    return int(value) if value.is_integer() and "." not in str(text) and "e" not in str(text) else value
 
 
 # ------------------------------------------------------------------------------- stopping

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import netrc
 import os
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from npair.runio import METRICS_FILE, METRICS_SCHEMA_VERSION, atomic_write_json
-from npair.wandb_source import wait_for_exit_record
+from npair.wandb_source import wait_for_exit_record, wandb_api_key_available
 
 log = logging.getLogger("npair.loggers")
 
@@ -48,25 +47,7 @@ SUMMARY_HEADER_KEYS = (
 )
 
 
-# ------------------------------------------------------------------------------------ credentials / mode
-def _netrc_has_host(host: str) -> bool:
-    """A netrc entry for ``host`` in $NETRC or ~/.netrc (where ``wandb login`` writes it)."""
-    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-    try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def wandb_api_key_available() -> bool:
-    """True when W&B can authenticate without asking: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a
-    netrc entry for the W&B host (``wandb login``)."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
-    return _netrc_has_host(host)
-
-
+# ------------------------------------------------------------------------------------ mode
 def resolve_wandb_mode(mode: str) -> str:
     """auto → online with credentials, else offline. WANDB_MODE in the environment wins over the config.
 
@@ -219,6 +200,15 @@ class RunLogger:
             "dir": str(Path(self.wandb_run.dir).parent),
         }
 
+    def restore(self, state: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        """Continue an interrupted run's record: its evaluation history and elapsed time (``state``, from the
+        checkpoint) and its train_log rows (:func:`previous_train_rows`); wall time counts from the first start."""
+        self.record["history"] = list(state["history"])
+        self.start = time.time() - state["elapsed_s"]
+        for row in rows:
+            self.log_train(row)
+        self.flush()
+
     def log_train(self, row: dict[str, Any]) -> None:
         row = {**row, "elapsed_s": round(time.time() - self.start, 3)}
         self._csv.writerow(row)
@@ -292,6 +282,33 @@ class RunLogger:
             )
             print(message, flush=True)
             log.info(message.replace("\n", " "))
+
+
+# ------------------------------------------------------------------------------------ resuming
+def previous_train_rows(csv_path: Path, upto_step: int) -> list[dict[str, Any]]:
+    """The rows of an interrupted run's train_log.csv up to ``upto_step`` (to carry over on resume)."""
+    if not csv_path.exists():
+        return []
+    rows = []
+    with open(csv_path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                if int(row["step"]) > upto_step:
+                    break
+            except (KeyError, TypeError, ValueError):
+                continue
+            rows.append({k: _number(v) for k, v in row.items() if k != "elapsed_s"})
+    return rows
+
+
+def _number(text: Any) -> Any:
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(value) if value.is_integer() and "." not in str(text) and "e" not in str(text) else value
 
 
 class SilentLogger:

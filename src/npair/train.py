@@ -44,7 +44,7 @@ from npair.build import (
 from npair.configuration import CONFIG_DIR, register_resolvers
 from npair.data.base import DatasetSplits
 from npair.evaluation.embed import embed_dataset
-from npair.loggers import RunLogger, SilentLogger
+from npair.loggers import RunLogger, SilentLogger, previous_train_rows
 from npair.models import build_model
 from npair.models.batchnorm import sync_batchnorm
 from npair.probe import Probe, batch_accuracy
@@ -148,10 +148,10 @@ def train(cfg: DictConfig, run_dir: Path, ctx: run_context.Context, device: torc
     }
     if ctx.is_main:  # rank 0 alone writes the run directory and talks to W&B
         atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-        carried_rows = ckpt.previous_train_rows(run_dir / "train_log.csv", step) if resumed_at is not None else []
+        carried_rows = previous_train_rows(run_dir / "train_log.csv", step) if resumed_at is not None else []
         logger: Any = RunLogger(run_dir, cfg, header)
         if resumed_at is not None:
-            ckpt.restore_logger(logger, resumed_log, carried_rows)
+            logger.restore(resumed_log, carried_rows)
     else:
         logger = SilentLogger()
     log.info("run %s: %s | %s | %s on %s × %d (%d train / %d test images)", run_dir, cfg.loss.name,
