@@ -16,7 +16,7 @@ from npair.checkpoint import CheckpointError
 from npair.guards import NonFiniteError, per_rank_batch, require_finite_grad
 from npair.runio import CHECKPOINT_FILE
 from npair.train import run
-from tests.conftest import TINY, compose_config
+from tests.helpers import TINY, compose_config
 
 FAST = [*[o for o in TINY if not o.startswith("trainer.max_steps")], "trainer.max_steps=2", "trainer.probe_classes=0"]
 

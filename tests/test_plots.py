@@ -17,15 +17,9 @@ from matplotlib.image import imread
 from npair import plots
 from npair.loggers import RunLogger
 from npair.plots.cli import parse_run_specs
-from tests.test_loggers import PAPER, tiny_outputs
+from tests.helpers import PAPER, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 COLUMNS = list(RunLogger.CSV_FIELDS)  # the columns of a real train_log.csv
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return tiny_outputs(tmp_path_factory.mktemp("tiny_outputs"))
 
 
 def write_log(run_dir: Path, nway: list[float | None], two_way_offset: float = 0.4) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from npair.configuration import CONFIG_DIR
 from npair.runio import atomic_write_json
 from npair.tables import (
     Cell,
@@ -111,7 +112,7 @@ def test_missing_runs_are_counted_once_across_tables(tmp_path: Path) -> None:
 
 
 def test_every_table_spec_loads() -> None:
-    root = Path(__file__).resolve().parents[1] / "configs" / "table"
+    root = CONFIG_DIR / "table"
     names = sorted(p.stem for p in root.glob("*.yaml"))
     assert "mini" in names
     for name in names:

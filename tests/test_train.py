@@ -11,7 +11,7 @@ import torch
 
 from npair.runio import METRICS_SCHEMA_VERSION
 from npair.train import run
-from tests.conftest import TINY, compose_config, run_cli
+from tests.helpers import TINY, compose_config, run_cli
 
 
 def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
