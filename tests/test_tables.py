@@ -16,7 +16,6 @@ from npair.tables import (
     bold_mask,
     collect,
     load_spec,
-    mean_se,
     missing_runs,
     table_names,
     to_markdown,
@@ -37,14 +36,6 @@ def make_spec() -> TableSpec:
 
 def write_run(root: Path, spec: TableSpec, row: Row, seed: int, final: dict, status: str = "completed") -> None:
     atomic_write_json(spec.run_dir(root, row, seed) / "metrics.json", {"status": status, "final": final})
-
-
-def test_mean_and_standard_error() -> None:
-    mean, se = mean_se([0.5, 0.6, 0.7])
-    assert mean == pytest.approx(0.6)
-    assert se == pytest.approx(0.1 / math.sqrt(3))  # sample std 0.1 (ddof=1) over sqrt(3)
-    assert mean_se([0.4]) == (0.4, None)
-    assert mean_se([]) == (None, None)
 
 
 def test_bold_rule_best_and_overlapping_standard_errors() -> None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from npair.configuration import CONFIG_DIR
 from npair.evaluation import EmbeddingSet, Evaluator
+from npair.runio import CHECKPOINT_FILE, CONFIG_FILE
 
 RESULT_SCHEMA = 1
 
@@ -115,11 +116,11 @@ def embed_run(run_dir: Path, checkpoint: Path | None, device: str, batch_size: i
     from npair.evaluation.embed import embed_dataset
     from npair.models import build_model
 
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"--run {run_dir}: no config.yaml (is this a run directory?)")
+        raise FileNotFoundError(f"--run {run_dir}: no {CONFIG_FILE} (is this a run directory?)")
     cfg = OmegaConf.load(cfg_path)
-    ckpt_path = checkpoint or run_dir / "checkpoint.pt"
+    ckpt_path = checkpoint or run_dir / CHECKPOINT_FILE
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"--run {run_dir}: no checkpoint {ckpt_path}")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run is not None:
         from omegaconf import OmegaConf
 
-        run_cfg = OmegaConf.load(args.run / "config.yaml") if (args.run / "config.yaml").is_file() else None
+        run_cfg = OmegaConf.load(args.run / CONFIG_FILE) if (args.run / CONFIG_FILE).is_file() else None
         if args.eval:
             eval_cfg = load_eval_config(args.eval, args.config_dir)
         elif run_cfg is not None and "eval" in run_cfg:

@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from npair.runio import METRICS_FILE, METRICS_SCHEMA_VERSION, atomic_write_json
+from npair.runio import METRICS_FILE, METRICS_SCHEMA_VERSION, TRAIN_LOG_FILE, atomic_write_json
 from npair.wandb_source import wait_for_exit_record, wandb_api_key_available
 
 log = logging.getLogger("npair.loggers")
@@ -148,7 +148,7 @@ class RunLogger:
             "final": {},
             "wall_time_s": 0.0,
         }
-        self._csv_file = open(self.run_dir / "train_log.csv", "w", newline="")
+        self._csv_file = open(self.run_dir / TRAIN_LOG_FILE, "w", newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=self.CSV_FIELDS, extrasaction="ignore")
         self._csv.writeheader()
         self.wandb_run = None
@@ -201,8 +201,9 @@ class RunLogger:
         }
 
     def restore(self, state: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-        """Continue an interrupted run's record: its evaluation history and elapsed time (``state``, from the
-        checkpoint) and its train_log rows (:func:`previous_train_rows`); wall time counts from the first start."""
+        """Continue an interrupted run's record: its evaluation history and elapsed time (``state``, from
+        the checkpoint) and its train_log rows (:func:`previous_train_rows`); wall time counts from the
+        first start."""
         self.record["history"] = list(state["history"])
         self.start = time.time() - state["elapsed_s"]
         for row in rows:

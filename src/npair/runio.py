@@ -15,9 +15,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 METRICS_SCHEMA_VERSION = 1
-METRICS_FILE = "metrics.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-CONFIG_FILE = "config.yaml"
+# The files of a run directory.
+METRICS_FILE = "metrics.json"      # provenance, evaluation history, final metrics, status (npair.loggers)
+CHECKPOINT_FILE = "checkpoint.pt"  # the last good training state (npair.checkpoint)
+CONFIG_FILE = "config.yaml"        # the resolved config
+TRAIN_LOG_FILE = "train_log.csv"   # one row per log step (npair.loggers.RunLogger.CSV_FIELDS)
+REEVAL_DIR = "eval"                # <run>/eval/<slug>.json: a table row's evaluate_with re-evaluation
 
 # Keys that say where/how a run is logged, not what it computes: excluded from the config hash.
 _HASH_EXCLUDED = ("paths", "logger", "tags")

@@ -17,7 +17,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import re
 import subprocess
@@ -28,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from npair.configuration import CONFIG_DIR
-from npair.runio import atomic_write_text, is_complete
+from npair.runio import METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete
+from npair.stats import mean_se
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -55,15 +54,6 @@ class Cell:
     @property
     def diff(self) -> float | None:
         return None if self.mean is None or self.paper is None else self.mean - self.paper
-
-
-def mean_se(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and standard error of the mean (sample std with ddof=1 over √n); SE is None for n < 2."""
-    if not values:
-        return None, None
-    arr = np.asarray(values, dtype=np.float64)
-    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else None
-    return float(arr.mean()), se
 
 
 def bold_mask(cells: list[Cell], higher_is_better: bool = True) -> list[bool]:
@@ -130,7 +120,9 @@ class TableSpec:
     def result_path(self, root: Path, row: Row, seed: int) -> Path:
         """Where the row's metrics for one seed live: metrics.json, or a re-evaluation's JSON."""
         run_dir = self.run_dir(root, row, seed)
-        return run_dir / "metrics.json" if not row.evaluate_with else run_dir / "eval" / f"{row.eval_slug}.json"
+        if not row.evaluate_with:
+            return run_dir / METRICS_FILE
+        return run_dir / REEVAL_DIR / f"{row.eval_slug}.json"
 
 
 def run_dir_of(root: Path, experiment: str, seed: int) -> Path:
@@ -247,7 +239,7 @@ def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> Non
     loss_fn.load_state_dict(checkpoint.get("loss", {}))
     evaluator = make(cfg.eval)
     metrics = evaluate_model(model, loss_fn, splits, evaluator, cfg, torch.device("cpu"))
-    atomic_write_json(run_dir / "eval" / f"{row.eval_slug}.json", {
+    atomic_write_json(run_dir / REEVAL_DIR / f"{row.eval_slug}.json", {
         "status": "completed", "evaluate_with": row.evaluate_with, "step": checkpoint.get("step"),
         "similarity": getattr(evaluator, "similarity", None), "final": metrics})
 

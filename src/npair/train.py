@@ -48,7 +48,14 @@ from npair.loggers import RunLogger, SilentLogger, previous_train_rows
 from npair.models import build_model
 from npair.models.batchnorm import sync_batchnorm
 from npair.probe import Probe, batch_accuracy
-from npair.runio import CHECKPOINT_FILE, CONFIG_FILE, atomic_write_text, config_hash, git_commit
+from npair.runio import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    TRAIN_LOG_FILE,
+    atomic_write_text,
+    config_hash,
+    git_commit,
+)
 from npair.stream import BatchStream, SkippingBatchSampler
 
 log = logging.getLogger("npair.train")
@@ -148,7 +155,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: run_context.Context, device: torc
     }
     if ctx.is_main:  # rank 0 alone writes the run directory and talks to W&B
         atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-        carried_rows = previous_train_rows(run_dir / "train_log.csv", step) if resumed_at is not None else []
+        carried_rows = previous_train_rows(run_dir / TRAIN_LOG_FILE, step) if resumed_at is not None else []
         logger: Any = RunLogger(run_dir, cfg, header)
         if resumed_at is not None:
             logger.restore(resumed_log, carried_rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from npair.plots.style import STYLE, label_colours, save_figure, steps_formatter
+from npair.runio import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
+from npair.stats import mean_se
 
 # The curve measures and the train_log.csv column each comes from (npair.probe.Probe; docs/paper.md §5.5).
 MEASURES = {
@@ -32,9 +33,11 @@ ACCURACY_SCALE = 100.0  # accuracies are plotted (and stored in the JSON) in per
 
 def read_train_log(run_dir: str | Path) -> dict[str, np.ndarray]:
     """The columns of a run's train_log.csv as float arrays (empty cells → NaN)."""
-    path = Path(run_dir) / "train_log.csv"
+    path = Path(run_dir) / TRAIN_LOG_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no train_log.csv; is {run_dir} a run directory (outputs/runs/...)?")
+        raise FileNotFoundError(
+            f"{path}: no {TRAIN_LOG_FILE}; is {run_dir} a run directory (outputs/runs/...)?"
+        )
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
@@ -66,8 +69,7 @@ def mean_curve(logs: Sequence[dict[str, np.ndarray]], column: str) -> dict[str, 
             "plot them under separate labels"
         )
     values = np.array([[r[s] for s in steps] for r in per_run], dtype=np.float64)
-    mean = values.mean(axis=0)
-    se = values.std(axis=0, ddof=1) / math.sqrt(len(per_run)) if len(per_run) > 1 else None
+    mean, se = mean_se(values, axis=0)
     return {
         "column": column,
         "steps": steps,
@@ -100,10 +102,10 @@ def _probe_size(run_dirs: Sequence[Path]) -> tuple[int | None, bool]:
     all training classes when there are fewer); (None, False) when the runs disagree or record neither."""
     exact, configured = set(), set()
     for run_dir in run_dirs:
-        metrics = Path(run_dir) / "metrics.json"
+        metrics = Path(run_dir) / METRICS_FILE
         if metrics.exists():
             exact.add(json.loads(metrics.read_text()).get("probe_classes"))
-        path = Path(run_dir) / "config.yaml"
+        path = Path(run_dir) / CONFIG_FILE
         if path.exists():
             from omegaconf import OmegaConf
 
@@ -284,9 +286,9 @@ def eval_histories(
     histories: dict[str, list[dict[str, Any]]] = {}
     for label, dirs in runs.items():
         for run_dir in map(Path, dirs):
-            path = run_dir / "metrics.json"
+            path = run_dir / METRICS_FILE
             if not path.exists():
-                raise FileNotFoundError(f"{path}: no metrics.json; is {run_dir} a run directory?")
+                raise FileNotFoundError(f"{path}: no {METRICS_FILE}; is {run_dir} a run directory?")
             record = json.loads(path.read_text())
             histories.setdefault(label, []).append(
                 {"run": str(run_dir), "seed": record.get("seed"), "history": record.get("history", [])}

@@ -12,6 +12,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from npair.plots.style import STYLE, save_figure
+from npair.runio import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
 
 
 def _rebase_data_dir(cfg: Any, data_dir: str | Path | None) -> Any:
@@ -108,7 +109,7 @@ def embedding_projection(
     if method not in {"pca", "tsne"}:
         raise ValueError(f"embedding_projection: method={method!r}; use pca or tsne")
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt_path = run_dir / CHECKPOINT_FILE
     if not ckpt_path.exists():
         raise FileNotFoundError(
             f"{ckpt_path}: no checkpoint (trainer.save_checkpoint=false, or the run never "
@@ -117,8 +118,8 @@ def embedding_projection(
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if checkpoint.get("config"):
         cfg = OmegaConf.create(checkpoint["config"])
-    elif (run_dir / "config.yaml").exists():
-        cfg = OmegaConf.load(run_dir / "config.yaml")
+    elif (run_dir / CONFIG_FILE).exists():
+        cfg = OmegaConf.load(run_dir / CONFIG_FILE)
     else:
         raise FileNotFoundError(f"{run_dir}: neither checkpoint['config'] nor config.yaml")
     cfg = _rebase_data_dir(cfg, data_dir if data_dir is not None else locate_data_dir(cfg, run_dir))
@@ -138,7 +139,7 @@ def embedding_projection(
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     points, axis_note = project_2d(emb, method)
 
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / METRICS_FILE
     final = json.loads(metrics_path.read_text()).get("final", {}) if metrics_path.exists() else {}
     score = f", R@1 = {100 * final['recall@1']:.1f}%" if "recall@1" in final else ""
     cmap_name = "tab20" if len(classes) <= 20 else "turbo"
