@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from npair.configuration import CONFIG_DIR, register_resolvers
 from npair.data.base import DatasetSplits
 from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
+from npair.models import build_model
+from npair.models.batchnorm import sync_batchnorm
+from npair.probe import Probe
+from npair.runio import config_hash, git_commit
+from npair.stream import BatchStream, SkippingBatchSampler
 
 
 def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -78,6 +85,72 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
+
+
+def build_train_model(cfg: DictConfig, device: torch.device, sync_bn: bool) -> tuple[nn.Module, bool]:
+    """The embedding model on ``device`` (BatchNorm over the global batch when ``sync_bn``), and whether
+    it runs channels_last (``trainer.channels_last``: auto = on CUDA)."""
+    model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
+    if sync_bn:
+        model = sync_batchnorm(model, device)
+    model = model.to(device)
+    trainer = cfg.trainer
+    channels_last = device.type == "cuda" if trainer.channels_last == "auto" else bool(trainer.channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, channels_last
+
+
+def build_sampler(cfg: DictConfig, splits: DatasetSplits, per_rank_batch: dict[str, int], world_size: int,
+                  rank: int) -> Any:
+    """This rank's batch sampler over the training split (``per_rank_batch``: npair.guards.per_rank_batch)."""
+    return make(cfg.sampler, labels=np.asarray(splits.train.labels), seed=int(cfg.seed), **per_rank_batch,
+                num_replicas=world_size, rank=rank)
+
+
+def attach_embedder(sampler: Any, model: nn.Module, dataset: Dataset, trainer: DictConfig,
+                    device: torch.device) -> None:
+    """Hard negative class mining embeds its candidates with the live model: give the sampler that function."""
+    if not hasattr(sampler, "set_embedder"):
+        return
+
+    def embed_items(indices: np.ndarray) -> Tensor:
+        subset = torch.utils.data.Subset(dataset, [int(i) for i in indices])
+        embedded = embed_dataset(model, subset, batch_size=int(trainer.eval_batch_size), device=device,
+                                 num_workers=int(trainer.num_workers))
+        model.train()
+        return torch.from_numpy(embedded.embeddings)
+
+    sampler.set_embedder(embed_items)
+
+
+def batch_stream(dataset: Dataset, sampler: Any, trainer: DictConfig, device: torch.device,
+                 seed: int) -> BatchStream:
+    """The training batches: a DataLoader over ``sampler``'s batches, resumable at any batch (npair.stream)."""
+    batch_sampler = SkippingBatchSampler(sampler)
+    pin_memory = device.type == "cuda" if trainer.pin_memory == "auto" else bool(trainer.pin_memory)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=int(trainer.num_workers), pin_memory=pin_memory,
+        persistent_workers=int(trainer.num_workers) > 0, generator=torch.Generator().manual_seed(seed),
+    )
+    return BatchStream(loader, batch_sampler)
+
+
+def run_header(cfg: DictConfig, splits: DatasetSplits, evaluator: Any, device: torch.device,
+               amp_dtype: torch.dtype | None, probe: Probe | None, world_size: int,
+               resumed_from_step: int | None) -> dict[str, Any]:
+    """What metrics.json records about a run before its results: provenance, data, setting."""
+    return {
+        "name": cfg.name, "seed": int(cfg.seed), "config_hash": config_hash(cfg), "git": git_commit(),
+        "similarity": getattr(evaluator, "similarity", None), "device": describe_device(device),
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "dataset": cfg.dataset.name, "loss": cfg.loss.name, "sampler": cfg.sampler.name,
+        "n_train": len(splits.train), "n_test": len(splits.test), "protocol": splits.protocol,
+        "probe_classes": probe.n if probe else 0, "tags": list(cfg.get("tags", [])), "torch": torch.__version__,
+        "world_size": world_size,
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "resumed_from_step": resumed_from_step,
+    }
 
 
 def check_compatible(loss_fn: nn.Module, sampler: Any, cfg: DictConfig) -> None:

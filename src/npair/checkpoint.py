@@ -28,14 +28,18 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from npair.runio import CHECKPOINT_FILE, atomic_torch_save, read_metrics
+from npair.collectives import gather_objects, on_main
+from npair.runio import CHECKPOINT_FILE, atomic_torch_save, config_hash, read_metrics
+
+if TYPE_CHECKING:
+    from npair.run_context import Context
 
 log = logging.getLogger("npair.checkpoint")
 
@@ -91,6 +95,39 @@ def save(path: Path, state: dict[str, Any], rng_per_rank: list[dict[str, Any]]) 
     atomic_torch_save(path, {"format": FORMAT, "version": VERSION, **state, "rng": rng_per_rank})
 
 
+class Checkpointer:
+    """Writes ``path`` from the run's map of stateful objects (checkpoint key → object with
+    ``state_dict``, the same map :func:`restore` loads into), the logger's record and every rank's RNG.
+
+    ``save`` gathers the RNG states to rank 0, which writes the file atomically (the old one stays whole
+    if the write fails); ``kept`` says, for error messages, which checkpoint a stopped run left behind.
+    """
+
+    def __init__(self, path: Path, stateful: dict[str, Any], logger: Any, cfg: DictConfig, ctx: Context,
+                 enabled: bool, saved_step: int | None) -> None:
+        self.path, self.stateful, self.logger, self.ctx = path, stateful, logger, ctx
+        self.enabled = bool(enabled)
+        self.saved_step = saved_step  # the step of the checkpoint on disk (None: none written yet)
+        self.config, self.config_hash = OmegaConf.to_container(cfg, resolve=True), config_hash(cfg)
+
+    def save(self, step: int) -> None:
+        if not self.enabled:
+            return
+        rng = gather_objects(capture_rng(), self.ctx)
+        if self.ctx.is_main:
+            states = {key: obj.state_dict() for key, obj in self.stateful.items()}
+            save(self.path, {**states, "step": step, **self.logger.state(), "config": self.config,
+                             "config_hash": self.config_hash}, rng)
+        self.saved_step = step
+
+    def kept(self) -> str:
+        if not self.enabled:
+            return "wrote no checkpoint (trainer.save_checkpoint=false)"
+        if self.saved_step is None:
+            return "had written no checkpoint yet"
+        return f"kept the last good checkpoint, {self.path} (step {self.saved_step})"
+
+
 # ----------------------------------------------------------------------------------- resuming
 @dataclass(frozen=True)
 class ResumePlan:
@@ -109,6 +146,7 @@ def plan(resume: str | None, run_dir: Path) -> ResumePlan:
     if spec == "auto":
         record = read_metrics(run_dir)
         if record and record.get("status") == "completed":
+            log.info("%s holds a completed run: left alone (trainer.resume=never trains it again)", run_dir)
             return ResumePlan(completed=dict(record.get("final", {})))
         path = run_dir / CHECKPOINT_FILE
         for stale in run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):  # writes killed half-way (the old file is whole)
@@ -194,6 +232,34 @@ def rng_for_rank(ckpt: dict[str, Any], rank: int) -> dict[str, Any]:
 def logger_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What the RunLogger had recorded when the checkpoint was written: evaluation history, elapsed time."""
     return {"history": [dict(h) for h in ckpt.get("history", [])], "elapsed_s": float(ckpt.get("elapsed_s", 0.0))}
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What a run resumed from a checkpoint continues with, besides its restored objects."""
+
+    step: int                    # steps done
+    rng: dict[str, Any]          # this rank's RNG states, restored last (:func:`restore_rng`)
+    logger_state: dict[str, Any]  # the RunLogger's record then (:func:`logger_state`)
+
+
+def restore(plan: ResumePlan, stateful: dict[str, Any], cfg: DictConfig, ctx: Context,
+            run_dir: Path) -> Resumed | None:
+    """Resume from ``plan.checkpoint`` (None when the plan has none): rank 0 reads it and every rank gets it,
+    it must have been written by this config, and each of its states is loaded into the object of the same
+    key in ``stateful`` (the map :class:`Checkpointer` saves; ``stream`` is the run's BatchStream), so
+    every object has the state the uninterrupted run would have at this step."""
+    if plan.checkpoint is None:
+        return None
+    path = plan.checkpoint
+    state = on_main(lambda: load(path), ctx)
+    check_config(state, cfg, path, plan.explicit)
+    for key, obj in stateful.items():
+        load_module(obj, state[key], path, key)
+    step, stream = int(state["step"]), stateful["stream"]
+    log.info("resuming %s from %s at step %d (epoch %d, batch %d of it)", run_dir, path, step, stream.epoch,
+             stream.position)
+    return Resumed(step, rng_for_rank(state, ctx.rank), logger_state(state))
 
 
 # ------------------------------------------------------------------------------- stopping

@@ -23,12 +23,22 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from npair.runio import METRICS_FILE, METRICS_SCHEMA_VERSION, TRAIN_LOG_FILE, atomic_write_json
+from npair.runio import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    METRICS_SCHEMA_VERSION,
+    TRAIN_LOG_FILE,
+    atomic_write_json,
+    atomic_write_text,
+)
 from npair.wandb_source import wait_for_exit_record, wandb_api_key_available
+
+if TYPE_CHECKING:
+    from npair.checkpoint import Resumed
 
 log = logging.getLogger("npair.loggers")
 
@@ -200,6 +210,16 @@ class RunLogger:
             "dir": str(Path(self.wandb_run.dir).parent),
         }
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this record (:meth:`restore` takes it back): the evaluation history
+        and the time elapsed since the run first started."""
+        return {"history": self.record["history"], "elapsed_s": time.time() - self.start}
+
+    def last_evaluation(self) -> dict[str, float]:
+        """The metrics of the latest evaluation in the history ({} when there is none)."""
+        history = self.record["history"]
+        return {k: v for k, v in history[-1].items() if k != "step"} if history else {}
+
     def restore(self, state: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         """Continue an interrupted run's record: its evaluation history and elapsed time (``state``, from
         the checkpoint) and its train_log rows (:func:`previous_train_rows`); wall time counts from the
@@ -222,6 +242,7 @@ class RunLogger:
             )
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        log.info("step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         self.record["history"].append({"step": int(step), **metrics})
         self._send_evals(before=None)
         self.flush()
@@ -319,6 +340,12 @@ class SilentLogger:
         self.record: dict[str, Any] = {"history": []}
         self.start = 0.0
 
+    def state(self) -> dict[str, Any]:
+        return {"history": [], "elapsed_s": 0.0}
+
+    def last_evaluation(self) -> dict[str, float]:
+        return {}
+
     def log_train(self, row: dict[str, Any]) -> None:
         pass
 
@@ -327,3 +354,21 @@ class SilentLogger:
 
     def finish(self, status: str, final: dict[str, float], extra: dict[str, Any] | None = None) -> None:
         pass
+
+
+def open_run_logger(run_dir: Path, cfg: DictConfig, header: dict[str, Any], is_main: bool,
+                    resumed: Resumed | None) -> RunLogger | SilentLogger:
+    """Rank 0 alone writes the run directory and talks to W&B: it writes config.yaml and opens a
+    :class:`RunLogger`, which continues a resumed run's record (history, elapsed time, train_log rows up to
+    its step); the other ranks get a :class:`SilentLogger`."""
+    log.info("run %s: %s | %s | %s on %s × %d (%d train / %d test images)", run_dir, header["loss"],
+             header["sampler"], header["dataset"], header["device"], header["world_size"], header["n_train"],
+             header["n_test"])
+    if not is_main:
+        return SilentLogger()
+    atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    carried_rows = previous_train_rows(run_dir / TRAIN_LOG_FILE, resumed.step) if resumed is not None else []
+    logger = RunLogger(run_dir, cfg, header)
+    if resumed is not None:
+        logger.restore(resumed.logger_state, carried_rows)
+    return logger

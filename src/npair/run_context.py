@@ -122,6 +122,17 @@ def gather_negatives(cfg: DictConfig, ctx: Context) -> None:
         cfg.loss.gather_across_ranks = True
 
 
+def for_training(model: nn.Module, loss_fn: nn.Module, trainer: DictConfig, ctx: Context,
+                 device: torch.device) -> tuple[nn.Module, nn.Module, float]:
+    """What the step loop calls: the model and the loss wrapped for DDP (:func:`wrap`), the model
+    ``torch.compile``d with ``trainer.compile``, and the loss scale for ``backward()``
+    (:func:`loss_scale`)."""
+    train_model, train_loss = wrap(model, ctx, device), wrap(loss_fn, ctx, device)
+    if trainer.compile:
+        train_model = torch.compile(train_model)
+    return train_model, train_loss, loss_scale(loss_fn, ctx)
+
+
 def wrap(module: nn.Module, ctx: Context, device: torch.device) -> nn.Module:
     """DistributedDataParallel around ``module`` under DDP when it has trainable parameters, else itself."""
     if not ctx.enabled or not any(p.requires_grad for p in module.parameters()):
