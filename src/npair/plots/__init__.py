@@ -35,9 +35,10 @@ from npair.plots.curves import (
     trailing_mean,
     training_curves,
 )
-from npair.plots.embeddings import embedding_projection, locate_data_dir, project_2d
+from npair.plots.embeddings import embedding_projection, project_2d
 from npair.plots.style import LABEL_COLOURS, PALETTE, STYLE, label_colours
 from npair.plots.table_figures import metric_bars, read_table_csv, recall_at_k, table_figures
+from npair.runio import locate_data_dir
 
 __all__ = [
     "ACCURACY_SCALE",

@@ -3,57 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from npair.plots.style import STYLE, save_figure
-from npair.runio import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
-
-
-def _rebase_data_dir(cfg: Any, data_dir: str | Path | None) -> Any:
-    """Point the run's dataset paths at ``data_dir`` (the run's own paths.data_dir prefix is replaced)."""
-    from omegaconf import OmegaConf
-
-    if data_dir is None:
-        return cfg
-    old = str(cfg.paths.data_dir)
-    container = OmegaConf.to_container(cfg, resolve=True)
-
-    def swap(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: swap(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [swap(v) for v in node]
-        if isinstance(node, str) and node.startswith(old):
-            return str(Path(data_dir)) + node[len(old) :]
-        return node
-
-    container["dataset"] = swap(container["dataset"])
-    container["paths"]["data_dir"] = str(data_dir)
-    return OmegaConf.create(container)
-
-
-def locate_data_dir(cfg: Any, run_dir: Path) -> Path | None:
-    """Where a run's data lives when its relative ``paths.data_dir`` does not resolve from here.
-
-    Runs made from the repository root record ``./data``; read from elsewhere (the notebook runs in
-    notebooks/), the run directory's own tree tells the root: ``<root>/<output_dir name>/runs/...``.
-    None when the recorded path is absolute, exists as is, or no candidate exists.
-    """
-    data_dir = Path(str(cfg.paths.data_dir))
-    if data_dir.is_absolute() or data_dir.exists():
-        return None
-    relative = Path(os.path.relpath(data_dir, str(cfg.paths.get("root_dir", "."))))
-    out_name = Path(str(cfg.paths.get("output_dir", "outputs"))).name
-    for parent in Path(run_dir).resolve().parents:
-        if parent.name == out_name and (parent.parent / relative).exists():
-            return parent.parent / relative
-    return None
+from npair.runio import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, locate_data_dir, rebase_data_dir
 
 
 def project_2d(embeddings: np.ndarray, method: str = "pca") -> tuple[np.ndarray, str]:
@@ -122,7 +79,7 @@ def embedding_projection(
         cfg = OmegaConf.load(run_dir / CONFIG_FILE)
     else:
         raise FileNotFoundError(f"{run_dir}: neither checkpoint['config'] nor config.yaml")
-    cfg = _rebase_data_dir(cfg, data_dir if data_dir is not None else locate_data_dir(cfg, run_dir))
+    cfg = rebase_data_dir(cfg, data_dir if data_dir is not None else locate_data_dir(cfg, run_dir))
     model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
