@@ -31,7 +31,7 @@ def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
     rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert all(float(r["loss"]) > 0 for r in rows)
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 4 and "model" in ckpt and ckpt["config"]["seed"] == 0
 
 

@@ -1,7 +1,9 @@
-"""What builds a run from a config: compose it, instantiate its parts, its loss, evaluate a model.
+"""What builds a run from a config: compose it, instantiate its parts, its loss, evaluate a model, and
+rebuild a trained run from its checkpoint (:func:`load_run`).
 
 The library half of ``python -m npair.train``: the training loop (npair.train), the table runner
-(npair.tables), the evaluation command (npair.evaluate) and the tests build runs with these functions.
+(npair.tables), the evaluation command (npair.evaluate), the figures (npair.plots) and the tests build
+runs with these functions.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from npair import checkpoint as ckpt
 from npair.configuration import CONFIG_DIR, register_resolvers
 from npair.data.base import DatasetSplits
 from npair.evaluation import EmbeddingSet
@@ -25,7 +30,7 @@ from npair.evaluation.embed import embed_dataset
 from npair.models import build_model
 from npair.models.batchnorm import sync_batchnorm
 from npair.probe import Probe
-from npair.runio import config_hash, git_commit
+from npair.runio import CHECKPOINT_FILE, config_hash, git_commit, locate_data_dir, rebase_data_dir
 from npair.stream import BatchStream, SkippingBatchSampler
 
 
@@ -182,3 +187,46 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# ------------------------------------------------------------------------------ a trained run
+@dataclass
+class LoadedRun:
+    """A trained run rebuilt from its checkpoint: the config, the data, the model and the loss (a classifier
+    loss holds the softmax baseline's weights) with the saved states, on one device, in eval mode."""
+
+    cfg: DictConfig
+    splits: DatasetSplits
+    model: nn.Module
+    loss_fn: nn.Module
+    step: int
+    checkpoint: Path
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, cfg: DictConfig | None = None,
+             device: str | torch.device = "cpu", data_dir: str | Path | None = None) -> LoadedRun:
+    """The one loader of trained runs (evaluation, re-evaluated table rows, embedding figures).
+
+    Reads ``checkpoint`` (default ``run_dir/checkpoint.pt``) with :func:`npair.checkpoint.load` (weights
+    only, format and version checked, errors naming the file) and rebuilds data, model and loss from
+    ``cfg``, by default the resolved config the checkpoint holds. With the checkpoint's config, the data
+    are looked for in ``data_dir`` when given, else where the run's outputs tree says when the recorded
+    relative path does not exist from here (:func:`npair.runio.locate_data_dir`); a given ``cfg`` is used
+    as it is.
+    """
+    run_dir = Path(run_dir)
+    path = Path(checkpoint) if checkpoint is not None else run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint (trainer.save_checkpoint=false, or the run stopped before "
+                                "its first checkpoint); re-run the experiment, or name a checkpoint file")
+    state = ckpt.load(path, advice="pass the checkpoint.pt of an npair training run")
+    if cfg is None:
+        cfg = OmegaConf.create(state["config"])
+        cfg = rebase_data_dir(cfg, data_dir if data_dir is not None else locate_data_dir(cfg, run_dir))
+    splits: DatasetSplits = instantiate(cfg.dataset.build)
+    model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
+    loss_fn = build_loss(cfg, splits)
+    for module, key in ((model, "model"), (loss_fn, "loss")):
+        ckpt.load_module(module, state[key], path, key)
+        module.to(device).eval()
+    return LoadedRun(cfg, splits, model, loss_fn, int(state["step"]), path)

@@ -10,7 +10,8 @@ the previous checkpoint stays whole until the new one is complete) is a dict wit
     step, history, elapsed_s                        steps done, the RunLogger's evaluation history, time
     config, config_hash, format, version            the resolved config as a plain dict
 
-It loads with ``torch.load(..., weights_only=True)`` (numpy's RNG state is stored as a tensor).
+It loads with ``torch.load(..., weights_only=True)``: numpy's RNG state is stored as a tensor, and any
+other numpy array or scalar in a state or the history as a tensor or a Python number (:func:`save`).
 
 ``trainer.resume``: ``auto`` continues from run_dir/checkpoint.pt when it exists and metrics.json
 does not say ``completed`` (a completed run is left alone: its recorded final metrics are returned
@@ -91,8 +92,33 @@ def _as_tuples(value: Any) -> Any:
 
 # ----------------------------------------------------------------------------------- writing
 def save(path: Path, state: dict[str, Any], rng_per_rank: list[dict[str, Any]]) -> None:
-    """Write ``state`` plus every rank's RNG state atomically (call on rank 0)."""
-    atomic_torch_save(path, {"format": FORMAT, "version": VERSION, **state, "rng": rng_per_rank})
+    """Write ``state`` plus every rank's RNG state atomically (call on rank 0), in the types that
+    ``torch.load(weights_only=True)`` reads (:func:`weights_only_types`)."""
+    checkpoint = {"format": FORMAT, "version": VERSION, **state, "rng": rng_per_rank}
+    atomic_torch_save(path, weights_only_types(checkpoint))
+
+
+def weights_only_types(value: Any) -> Any:
+    """``value`` with numpy arrays as tensors and numpy scalars as Python numbers, the two kinds of value
+    a state or a history may hold that ``torch.load(weights_only=True)`` refuses. Containers without
+    them are returned as they are (a state_dict keeps its ``_metadata``)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        converted = {key: weights_only_types(item) for key, item in value.items()}
+        if all(converted[key] is item for key, item in value.items()):
+            return value
+        out = value.copy()
+        out.update(converted)
+        return out
+    if isinstance(value, (list, tuple)):
+        converted = [weights_only_types(item) for item in value]
+        if all(new is old for new, old in zip(converted, value)):
+            return value
+        return type(value)(converted)
+    return value
 
 
 class Checkpointer:
@@ -161,9 +187,10 @@ def plan(resume: str | None, run_dir: Path) -> ResumePlan:
     return ResumePlan(checkpoint=path, explicit=True)
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save`; every failure names the file and what to do."""
-    advice = f"delete {path} (or set trainer.resume=never) to start the run over"
+def load(path: Path, advice: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save` (``weights_only=True``: tensors and plain Python values, no
+    pickled code); every failure names the file and what to do (``advice``; default: how to start over)."""
+    advice = advice or f"delete {path} (or set trainer.resume=never) to start the run over"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, foreign pickle ...

@@ -223,24 +223,17 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
 def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> None:
     """Evaluate a completed run's final checkpoint under ``row.evaluate_with``; writes eval/<slug>.json."""
     import torch
-    from hydra.utils import instantiate
 
-    from npair.build import build_loss, evaluate_model, make
-    from npair.models import build_model
-    from npair.runio import CHECKPOINT_FILE, atomic_write_json
+    from npair.build import evaluate_model, load_run, make
+    from npair.runio import atomic_write_json
 
     run_dir = run_dir_of(root, row.experiment, seed)
     cfg = compose_run(row.experiment, seed, [*overrides, *row.evaluate_with])
-    checkpoint = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    splits = instantiate(cfg.dataset.build)
-    model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
-    model.load_state_dict(checkpoint["model"])
-    loss_fn = build_loss(cfg, splits)
-    loss_fn.load_state_dict(checkpoint.get("loss", {}))
+    run = load_run(run_dir, cfg=cfg)
     evaluator = make(cfg.eval)
-    metrics = evaluate_model(model, loss_fn, splits, evaluator, cfg, torch.device("cpu"))
+    metrics = evaluate_model(run.model, run.loss_fn, run.splits, evaluator, cfg, torch.device("cpu"))
     atomic_write_json(run_dir / REEVAL_DIR / f"{row.eval_slug}.json", {
-        "status": "completed", "evaluate_with": row.evaluate_with, "step": checkpoint.get("step"),
+        "status": "completed", "evaluate_with": row.evaluate_with, "step": run.step,
         "similarity": getattr(evaluator, "similarity", None), "final": metrics})
 
 

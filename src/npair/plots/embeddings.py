@@ -10,7 +10,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from npair.plots.style import STYLE, save_figure
-from npair.runio import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, locate_data_dir, rebase_data_dir
+from npair.runio import METRICS_FILE
 
 
 def project_2d(embeddings: np.ndarray, method: str = "pca") -> tuple[np.ndarray, str]:
@@ -48,42 +48,22 @@ def embedding_projection(
 ) -> Path:
     """Test-split embeddings of a trained run projected to 2-D and coloured by class.
 
-    Rebuilds the model from ``checkpoint.pt`` (``model`` state dict, ``config``) with
-    ``npair.models.build_model`` and the data with ``hydra.utils.instantiate(cfg.dataset.build)``
-    (``data_dir`` relocates the data; by default a relative data path is found next to the run's outputs
-    tree, see :func:`locate_data_dir`), embeds the
-    first ``n_classes`` test classes (at most ``max_points`` images, a seeded subsample), L2-normalises
-    when the run evaluates with cosine similarity, and projects with PCA or t-SNE (scikit-learn).
+    Rebuilds the run from its checkpoint with :func:`npair.build.load_run` (``data_dir`` relocates the
+    data; by default a relative data path is found next to the run's outputs tree, see
+    :func:`npair.runio.locate_data_dir`), embeds the first ``n_classes`` test classes (at most
+    ``max_points`` images, a seeded subsample), L2-normalises when the run evaluates with cosine
+    similarity, and projects with PCA or t-SNE (scikit-learn).
     """
-    import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
     from torch.utils.data import Subset
 
+    from npair.build import load_run
     from npair.evaluation.embed import embed_dataset
-    from npair.models import build_model
 
     if method not in {"pca", "tsne"}:
         raise ValueError(f"embedding_projection: method={method!r}; use pca or tsne")
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT_FILE
-    if not ckpt_path.exists():
-        raise FileNotFoundError(
-            f"{ckpt_path}: no checkpoint (trainer.save_checkpoint=false, or the run never "
-            "evaluated); re-run the experiment to plot its embeddings"
-        )
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    if checkpoint.get("config"):
-        cfg = OmegaConf.create(checkpoint["config"])
-    elif (run_dir / CONFIG_FILE).exists():
-        cfg = OmegaConf.load(run_dir / CONFIG_FILE)
-    else:
-        raise FileNotFoundError(f"{run_dir}: neither checkpoint['config'] nor config.yaml")
-    cfg = rebase_data_dir(cfg, data_dir if data_dir is not None else locate_data_dir(cfg, run_dir))
-    model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
-    splits = instantiate(cfg.dataset.build)
+    run = load_run(run_dir, device=device, data_dir=data_dir)
+    cfg, model, splits = run.cfg, run.model, run.splits
     labels = np.asarray(splits.test.labels)
     classes = np.unique(labels)[:n_classes]
     indices = np.flatnonzero(np.isin(labels, classes))
