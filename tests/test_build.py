@@ -1,5 +1,6 @@
-"""npair.build: the one loader of trained runs (checkpoint.load, weights only) behind `python -m npair.evaluate
---run`, re-evaluated table rows and the embedding figure; a checkpoint written by commit 212a68e loads."""
+"""npair.build: the one loader of trained runs (checkpoint.load, weights only) behind
+`python -m npair.evaluate --run`, re-evaluated table rows and the embedding figure; a checkpoint written
+by commit 212a68e loads."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_missing_and_foreign_checkpoints_fail_naming_the_file(tmp_path: Path) ->
 
 
 def _with_a_pickled_object(run_dir: Path) -> None:
-    """Add an arbitrary pickled object to a real checkpoint: weights_only refuses it, a full unpickle would not."""
+    """Add an arbitrary pickled object to a real checkpoint: weights_only refuses it, a full unpickle not."""
     state = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
     state["note"] = Path("anything")
     torch.save(state, run_dir / CHECKPOINT_FILE)
@@ -79,8 +80,8 @@ def test_evaluate_tables_and_plots_read_runs_with_weights_only(smoke_run, tmp_pa
     with pytest.raises(ckpt.CheckpointError, match=unreadable):
         evaluate_main(["--run", str(run_dir)])
     with pytest.raises(ckpt.CheckpointError, match=unreadable):
-        evaluate_again(copy, Row("euclidean", "smoke/npair_mc", evaluate_with=["eval.similarity=euclidean"]), 0,
-                       overrides)
+        row = Row("euclidean", "smoke/npair_mc", evaluate_with=["eval.similarity=euclidean"])
+        evaluate_again(copy, row, 0, overrides)
     with pytest.raises(ckpt.CheckpointError, match=unreadable):
         embedding_projection(run_dir, tmp_path / "pca.png")
 

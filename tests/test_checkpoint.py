@@ -1,5 +1,6 @@
-"""What a checkpoint holds loads with torch.load(weights_only=True) (RNG states, numpy values, history), and
-a checkpoint written by an earlier version of the code (tests/fixtures/run_212a68e) still loads and resumes."""
+"""What a checkpoint holds loads with torch.load(weights_only=True) (RNG states, numpy values, history),
+and a checkpoint written by an earlier version of the code (tests/fixtures/run_212a68e) still loads and
+resumes."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def test_everything_a_run_checkpoints_loads_with_weights_only(tmp_path: Path) ->
         run(compose_config([*base, *overrides, "trainer.max_steps=3"], tmp_path), tmp_path / name)
         path = tmp_path / name / CHECKPOINT_FILE
         state = torch.load(path, map_location="cpu", weights_only=True)
-        assert list(state) == ["format", "version", *ckpt.REQUIRED[:7], "step", "history", "elapsed_s", "config",
-                               "config_hash", "rng"]
+        assert list(state) == ["format", "version", *ckpt.REQUIRED[:7], "step", "history", "elapsed_s",
+                               "config", "config_hash", "rng"]
         (rng,) = state["rng"]  # one rank
         assert isinstance(rng["numpy"]["keys"], torch.Tensor) and rng["numpy"]["keys"].shape == (624,)
         assert isinstance(rng["python"][1], tuple) and isinstance(rng["torch"], torch.Tensor)
@@ -51,7 +52,8 @@ def test_numpy_values_in_a_state_or_the_history_are_stored_in_weights_only_types
     assert torch.equal(loaded["sampler"]["order"], torch.arange(5))
     assert loaded["sampler"]["epoch"] == 2 and type(loaded["sampler"]["epoch"]) is int
     assert loaded["sampler"]["pairs"] == [(1, 0.5)]
-    assert loaded["history"] == [{"step": 7, "recall@1": 0.25}] and type(loaded["history"][0]["recall@1"]) is float
+    assert loaded["history"] == [{"step": 7, "recall@1": 0.25}]
+    assert type(loaded["history"][0]["recall@1"]) is float
     assert loaded["model"]._metadata == bn._metadata
     assert ckpt.weights_only_types(bn) is bn
 
@@ -68,7 +70,8 @@ def test_a_checkpoint_written_by_commit_212a68e_loads_and_resumes(tmp_path: Path
     assert state["version"] == ckpt.VERSION and state["step"] == 4
     run_dir = tmp_path / "run"
     shutil.copytree(FIXTURE, run_dir)
-    overrides = [*TINY, "trainer.threads=1", "trainer.max_steps=6", f"trainer.resume={run_dir / CHECKPOINT_FILE}"]
+    resume = f"trainer.resume={run_dir / CHECKPOINT_FILE}"  # a path: the config may differ in its data paths
+    overrides = [*TINY, "trainer.threads=1", "trainer.max_steps=6", resume]
     final = run(compose_config(overrides, tmp_path), run_dir)
     record = json.loads((run_dir / "metrics.json").read_text())
     old = json.loads((FIXTURE / "metrics.json").read_text())
