@@ -51,7 +51,8 @@ def make(node: DictConfig, **kwargs: Any) -> Any:
 
 
 def build_loss(cfg: DictConfig, splits: DatasetSplits) -> nn.Module:
-    """The configured loss; ``loss.num_classes: null`` (a classifier) becomes the number of training classes."""
+    """The configured loss; ``loss.num_classes: null`` (a classifier) becomes the number of training
+    classes."""
     kwargs = {"num_classes": splits.num_train_classes} if cfg.loss.get("num_classes", 0) is None else {}
     return make(cfg.loss, **kwargs)
 
@@ -61,7 +62,9 @@ def pick_device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={spec!r} but CUDA is not available; use trainer.device=cpu or auto")
+        raise RuntimeError(
+            f"trainer.device={spec!r} but CUDA is not available; use trainer.device=cpu or auto"
+        )
     return device
 
 
@@ -115,7 +118,8 @@ def build_sampler(cfg: DictConfig, splits: DatasetSplits, per_rank_batch: dict[s
 
 def attach_embedder(sampler: Any, model: nn.Module, dataset: Dataset, trainer: DictConfig,
                     device: torch.device) -> None:
-    """Hard negative class mining embeds its candidates with the live model: give the sampler that function."""
+    """Hard negative class mining embeds its candidates with the live model: give the sampler that
+    function (other samplers have no ``set_embedder``)."""
     if not hasattr(sampler, "set_embedder"):
         return
 
@@ -131,7 +135,8 @@ def attach_embedder(sampler: Any, model: nn.Module, dataset: Dataset, trainer: D
 
 def batch_stream(dataset: Dataset, sampler: Any, trainer: DictConfig, device: torch.device,
                  seed: int) -> BatchStream:
-    """The training batches: a DataLoader over ``sampler``'s batches, resumable at any batch (npair.stream)."""
+    """The training batches: a DataLoader over ``sampler``'s batches, resumable at any batch
+    (npair.stream)."""
     batch_sampler = SkippingBatchSampler(sampler)
     pin_memory = device.type == "cuda" if trainer.pin_memory == "auto" else bool(trainer.pin_memory)
     loader = torch.utils.data.DataLoader(
@@ -151,8 +156,8 @@ def run_header(cfg: DictConfig, splits: DatasetSplits, evaluator: Any, device: t
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "dataset": cfg.dataset.name, "loss": cfg.loss.name, "sampler": cfg.sampler.name,
         "n_train": len(splits.train), "n_test": len(splits.test), "protocol": splits.protocol,
-        "probe_classes": probe.n if probe else 0, "tags": list(cfg.get("tags", [])), "torch": torch.__version__,
-        "world_size": world_size,
+        "probe_classes": probe.n if probe else 0, "tags": list(cfg.get("tags", [])),
+        "torch": torch.__version__, "world_size": world_size,
         "host": socket.gethostname(), "pid": os.getpid(),
         "resumed_from_step": resumed_from_step,
     }
@@ -163,8 +168,8 @@ def check_compatible(loss_fn: nn.Module, sampler: Any, cfg: DictConfig) -> None:
     want, have = getattr(loss_fn, "layout", "any"), getattr(sampler, "layout", None)
     if want != "any" and want != have:
         raise ValueError(
-            f"loss={cfg.loss.name} reads {want!r} batches but sampler={cfg.sampler.name} makes {have!r} batches; "
-            f"choose a sampler with layout {want!r} (e.g. the one its experiment configs use)"
+            f"loss={cfg.loss.name} reads {want!r} batches but sampler={cfg.sampler.name} makes {have!r} "
+            f"batches; choose a sampler with layout {want!r} (e.g. the one its experiment configs use)"
         )
 
 
@@ -217,8 +222,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, cfg: Dic
     run_dir = Path(run_dir)
     path = Path(checkpoint) if checkpoint is not None else run_dir / CHECKPOINT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint (trainer.save_checkpoint=false, or the run stopped before "
-                                "its first checkpoint); re-run the experiment, or name a checkpoint file")
+        raise FileNotFoundError(f"{path}: no checkpoint (trainer.save_checkpoint=false, or the run stopped "
+                                "before its first checkpoint); re-run the experiment, or name a checkpoint file")
     state = ckpt.load(path, advice="pass the checkpoint.pt of an npair training run")
     if cfg is None:
         cfg = OmegaConf.create(state["config"])

@@ -1,4 +1,5 @@
-"""Where the Hydra configs live (:data:`CONFIG_DIR`) and the config resolvers they use, registered in one place.
+"""Where the Hydra configs live (:data:`CONFIG_DIR`) and the config resolvers they use, registered in one
+place.
 
 Every entry point that composes or reads configs takes the location from here. The resolvers are
 registered by :func:`register_resolvers`, which ``npair.train`` calls when it is imported (Hydra composes

@@ -114,10 +114,11 @@ def embed_run(run: LoadedRun, device: str, batch_size: int, need_reference: bool
     from npair.evaluation.embed import embed_dataset
 
     logits_fn = _classifier(run.loss_fn)
-    test = embed_dataset(run.model, run.splits.test, batch_size=batch_size, device=device, logits_fn=logits_fn)
-    reference = (
-        embed_dataset(run.model, run.splits.train, batch_size=batch_size, device=device) if need_reference else None
-    )
+    test = embed_dataset(run.model, run.splits.test, batch_size=batch_size, device=device,
+                         logits_fn=logits_fn)
+    reference = None
+    if need_reference:
+        reference = embed_dataset(run.model, run.splits.train, batch_size=batch_size, device=device)
     return test, reference, dict(run.splits.extras)
 
 

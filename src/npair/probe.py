@@ -42,7 +42,8 @@ class Probe:
         rng = np.random.default_rng(seed + 7919)
         eligible = [c for c in np.unique(labels) if np.sum(labels == c) >= 2]
         chosen = rng.choice(eligible, size=min(n_classes, len(eligible)), replace=False)
-        self.indices = [int(i) for c in chosen for i in rng.choice(np.flatnonzero(labels == c), 2, replace=False)]
+        self.indices = [int(i) for c in chosen
+                        for i in rng.choice(np.flatnonzero(labels == c), 2, replace=False)]
         self.images = torch.stack([dataset[i][0] for i in self.indices])
         self.n = len(chosen)
 

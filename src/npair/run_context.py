@@ -137,4 +137,5 @@ def wrap(module: nn.Module, ctx: Context, device: torch.device) -> nn.Module:
     """DistributedDataParallel around ``module`` under DDP when it has trainable parameters, else itself."""
     if not ctx.enabled or not any(p.requires_grad for p in module.parameters()):
         return module
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
