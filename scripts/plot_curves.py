@@ -6,14 +6,14 @@
         --out outputs/figures/training_curves.png [--title ...] [--lead 60-pair-mc] [--no-band]
 
 Reads each run's train_log.csv (probe_nway/2way accuracy and loss); writes the PNG and a JSON of the
-plotted series next to it. A thin wrapper of ``python -m npair.plots curves`` (src/npair/plots.py).
+plotted series next to it. A thin wrapper of ``python -m npair.plots curves`` (src/npair/plots/cli.py).
 """
 
 from __future__ import annotations
 
 import sys
 
-from npair.plots import main
+from npair.plots.cli import main
 
 if __name__ == "__main__":
     main(["curves", *sys.argv[1:]])

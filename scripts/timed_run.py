@@ -19,7 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from omegaconf import DictConfig
 
-from npair.train import compose_train, run
+from npair.build import compose_train
+from npair.runio import METRICS_FILE, TRAIN_LOG_FILE
+from npair.train import run
 
 
 @dataclass
@@ -39,6 +41,6 @@ def timed_run(overrides: list[str], run_dir: Path) -> TimedRun:
     started = time.perf_counter()
     run(cfg, run_dir)
     seconds = time.perf_counter() - started
-    with open(run_dir / "train_log.csv", newline="") as handle:
+    with open(run_dir / TRAIN_LOG_FILE, newline="") as handle:
         elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(handle)]
-    return TimedRun(cfg, seconds, elapsed, json.loads((run_dir / "metrics.json").read_text()))
+    return TimedRun(cfg, seconds, elapsed, json.loads((run_dir / METRICS_FILE).read_text()))

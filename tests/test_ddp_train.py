@@ -16,7 +16,7 @@ import torch
 
 from npair.runio import CHECKPOINT_FILE
 from npair.train import run
-from tests.conftest import TINY, compose_config
+from tests.helpers import TINY, compose_config
 
 # SGD, not Adam: Adam's first steps move every weight by ±lr whatever the gradient's size, so float
 # rounding in a near-zero gradient component could flip a sign between the two runs.

@@ -23,7 +23,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from npair.tables import load_spec, table_names
-from tests.conftest import CONFIG_DIR
+from tests.helpers import CONFIG_DIR
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 TABLE_DIR = CONFIG_DIR / "table"

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import npair.ddp
+import npair.collectives
+import npair.run_context
 from npair.checkpoint import CheckpointError
 from npair.guards import NonFiniteError, per_rank_batch, require_finite_grad
 from npair.runio import CHECKPOINT_FILE
 from npair.train import run
-from tests.conftest import TINY, compose_config
+from tests.helpers import TINY, compose_config
 
 FAST = [*[o for o in TINY if not o.startswith("trainer.max_steps")], "trainer.max_steps=2", "trainer.probe_classes=0"]
 
@@ -42,9 +43,10 @@ def test_impossible_combinations_fail_before_any_file_is_written(tmp_path: Path,
 def test_a_batch_that_does_not_divide_across_ranks_fails_before_any_file(tmp_path: Path, monkeypatch) -> None:
     # A rank-0 view of a 2-rank run (the real 2-process run is in test_ddp_train.py): the guard runs
     # before the sampler, so no collective is reached; broadcasts and barriers are identities here.
-    monkeypatch.setattr(npair.ddp, "setup", lambda trainer, device: (npair.ddp.Context(0, 0, 2, "gloo"), device))
-    monkeypatch.setattr(npair.ddp, "broadcast_object", lambda obj, ctx: obj)
-    monkeypatch.setattr(npair.ddp, "barrier", lambda ctx: None)
+    monkeypatch.setattr(npair.run_context, "setup",
+                        lambda trainer, device: (npair.run_context.Context(0, 0, 2, "gloo"), device))
+    monkeypatch.setattr(npair.collectives, "broadcast_object", lambda obj, ctx: obj)
+    monkeypatch.setattr(npair.collectives, "barrier", lambda ctx: None)
     cfg = compose_config([*FAST, "trainer=ddp", "sampler.n_classes=5"], tmp_path)
     with pytest.raises(ValueError, match=r"sampler.n_classes=5 does not divide across 2 ranks: the global batch is "
                                          r"split evenly between ranks; use a multiple of 2"):

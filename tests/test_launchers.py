@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.conftest import CONFIG_DIR, TINY, run_cli
+from tests.helpers import CONFIG_DIR, TINY, run_cli
 
 # Both default samplers fit: npair_mc takes 60 classes a batch (the glyphs' first half trains: 60 classes).
 SWEEPABLE = [*[o for o in TINY if not o.startswith(("sampler.", "dataset.build.", "trainer.eval_every"))],

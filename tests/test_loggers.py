@@ -1,8 +1,7 @@
 """RunLogger and W&B: offline runs hold config, history and summary; logger=none writes nothing to W&B.
 
-``tiny_outputs`` (shared with test_wandb_source, test_plots and test_notebook) trains three tiny runs once
-per session into an outputs tree like ``make reproduce-table`` makes: two seeds of N-pair-mc logged to W&B
-offline, one triplet run with ``logger=none``, and a table built from them.
+The ``tiny`` fixture (tests/conftest.py, shared with test_wandb_source, test_plots and test_notebook) is
+the outputs tree of :func:`tests.helpers.tiny_outputs`.
 """
 
 from __future__ import annotations
@@ -18,68 +17,9 @@ import pytest
 import wandb
 from omegaconf import OmegaConf
 
-from npair.checkpoint import restore_logger
 from npair.loggers import RunLogger, batch_shape_tag, resolve_wandb_mode, run_tags
-from npair.tables import Row, TableSpec, write_table
-from npair.train import run
 from npair.wandb_source import find_offline_runs, read_offline_run, wait_for_exit_record
-from tests.conftest import TINY, compose_config
-
-_CACHE: dict[str, Any] = {}
-PAPER = {"recall@1": 50.96, "recall@2": 63.34, "recall@4": 74.29, "recall@8": 83.22}
-
-
-def tiny_outputs(base: Path) -> dict[str, Any]:
-    """Train the tiny runs once (memoised for the session) and build their table. Returns paths and stdout."""
-    if "outputs" in _CACHE:
-        return _CACHE
-    root = base / "outputs"
-    wandb_dir, none_wandb_dir = base / "wandb_dir", base / "wandb_dir_none"
-    overrides = [o for o in TINY if o != "logger=none"]
-    runs: dict[str, Path] = {}
-    stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.setenv("WANDB_DIR", str(wandb_dir))
-        for seed in (0, 1):
-            cfg = compose_config([*overrides, "logger=wandb", "name=tiny/npair_mc", f"seed={seed}"], base)
-            runs[f"npair_mc/seed{seed}"] = root / "runs" / "tiny" / "npair_mc" / f"seed{seed}"
-            run(cfg, runs[f"npair_mc/seed{seed}"])
-        mp.setenv("WANDB_DIR", str(none_wandb_dir))
-        triplet = [o for o in overrides if not o.startswith("sampler.")]
-        cfg = compose_config(
-            [*triplet, "logger=none", "loss=triplet", "sampler.n_triplets=4", "name=tiny/triplet"], base
-        )
-        runs["triplet/seed0"] = root / "runs" / "tiny" / "triplet" / "seed0"
-        run(cfg, runs["triplet/seed0"])
-    spec = TableSpec(
-        name="tiny",
-        title="Tiny table",
-        seeds=[0, 1],
-        metrics=[{"key": k, "label": k} for k in ("recall@1", "recall@2", "recall@4", "recall@8", "nmi")],
-        rows=[
-            Row("triplet", "tiny/triplet", paper={"recall@1": 43.30}),
-            Row("4-pair-mc", "tiny/npair_mc", paper=dict(PAPER)),
-        ],
-        paper_source="test fixture",
-    )
-    tables = write_table(spec, root)
-    _CACHE.update(
-        outputs=root,
-        base=base,
-        runs=runs,
-        wandb_dir=wandb_dir,
-        none_wandb_dir=none_wandb_dir,
-        table_csv=tables["csv"],
-        stdout=stdout.getvalue(),
-    )
-    return _CACHE
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return tiny_outputs(tmp_path_factory.mktemp("tiny_outputs"))
+from tests.helpers import TINY, compose_config
 
 
 def offline_run_of(run_dir: Path, wandb_dir: Path):
@@ -167,8 +107,7 @@ def test_a_resumed_run_sends_its_restored_history_to_wandb(
     )
     logger = RunLogger(tmp_path / "run", cfg, {"name": "t/resume", "seed": 0, "resumed_from_step": 2})
     # what the training loop does on resume: restore history and elapsed time, replay train_log rows
-    restore_logger(
-        logger,
+    logger.restore(
         {"history": [{"step": 2, "recall@1": 0.25}], "elapsed_s": 5.0},
         [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}],
     )

@@ -9,14 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.test_loggers import tiny_outputs
-
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "results.ipynb"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return tiny_outputs(tmp_path_factory.mktemp("tiny_outputs"))
 
 
 def text_of(nb: nbformat.NotebookNode) -> str:

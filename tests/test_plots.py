@@ -16,15 +16,10 @@ from matplotlib.image import imread
 
 from npair import plots
 from npair.loggers import RunLogger
-from tests.test_loggers import PAPER, tiny_outputs
+from npair.plots.cli import parse_run_specs
+from tests.helpers import PAPER, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 COLUMNS = list(RunLogger.CSV_FIELDS)  # the columns of a real train_log.csv
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return tiny_outputs(tmp_path_factory.mktemp("tiny_outputs"))
 
 
 def write_log(run_dir: Path, nway: list[float | None], two_way_offset: float = 0.4) -> Path:
@@ -250,7 +245,7 @@ def test_command_line_scripts(tiny: dict[str, Any], tmp_path: Path, monkeypatch:
     runpy.run_path(str(REPO / "scripts" / "plot_table.py"), run_name="__main__")
     assert sorted(p.name for p in (tmp_path / "t").glob("*.png")) == ["tiny_metrics.png", "tiny_recall.png"]
     with pytest.raises(SystemExit, match="use --run LABEL=DIR"):
-        plots.parse_run_specs(["no-equals-sign"])
-    assert plots.parse_run_specs([f"a={seeds}", "a=x"]) == {
+        parse_run_specs(["no-equals-sign"])
+    assert parse_run_specs([f"a={seeds}", "a=x"]) == {
         "a": [runs["npair_mc/seed0"], runs["npair_mc/seed1"], Path("x")]
     }

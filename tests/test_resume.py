@@ -22,7 +22,7 @@ from npair.runio import CHECKPOINT_FILE
 from npair.samplers import NPairSampler
 from npair.stream import BatchStream, SkippingBatchSampler
 from npair.train import run
-from tests.conftest import TINY, compose_config
+from tests.helpers import TINY, compose_config
 
 # Long enough (in steps) for the test to kill the run between its first checkpoint and its end.
 KILLABLE = [*[o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.eval_every", "trainer.log_every"))],

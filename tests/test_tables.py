@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from npair.configuration import CONFIG_DIR
 from npair.runio import atomic_write_json
 from npair.tables import (
     Cell,
@@ -15,7 +16,6 @@ from npair.tables import (
     bold_mask,
     collect,
     load_spec,
-    mean_se,
     missing_runs,
     table_names,
     to_markdown,
@@ -36,14 +36,6 @@ def make_spec() -> TableSpec:
 
 def write_run(root: Path, spec: TableSpec, row: Row, seed: int, final: dict, status: str = "completed") -> None:
     atomic_write_json(spec.run_dir(root, row, seed) / "metrics.json", {"status": status, "final": final})
-
-
-def test_mean_and_standard_error() -> None:
-    mean, se = mean_se([0.5, 0.6, 0.7])
-    assert mean == pytest.approx(0.6)
-    assert se == pytest.approx(0.1 / math.sqrt(3))  # sample std 0.1 (ddof=1) over sqrt(3)
-    assert mean_se([0.4]) == (0.4, None)
-    assert mean_se([]) == (None, None)
 
 
 def test_bold_rule_best_and_overlapping_standard_errors() -> None:
@@ -111,7 +103,7 @@ def test_missing_runs_are_counted_once_across_tables(tmp_path: Path) -> None:
 
 
 def test_every_table_spec_loads() -> None:
-    root = Path(__file__).resolve().parents[1] / "configs" / "table"
+    root = CONFIG_DIR / "table"
     names = sorted(p.stem for p in root.glob("*.yaml"))
     assert "mini" in names
     for name in names:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from npair.runio import METRICS_SCHEMA_VERSION
-from npair.train import batch_accuracy, run
-from tests.conftest import TINY, compose_config, run_cli
+from npair.train import run
+from tests.helpers import TINY, compose_config, run_cli
 
 
 def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
     rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert all(float(r["loss"]) > 0 for r in rows)
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 4 and "model" in ckpt and ckpt["config"]["seed"] == 0
 
 
@@ -58,17 +58,6 @@ def test_mismatched_loss_and_sampler_fail_before_training(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="loss=triplet reads 'triplets' batches but sampler=npair makes 'class_blocks'"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()
-
-
-def test_batch_accuracy_on_constructed_batches() -> None:
-    # Two classes, anchors equal to their own positives: N-way accuracy 1; swapped positives: 0.
-    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    right = torch.stack([a[0], a[0], a[1], a[1]])
-    wrong = torch.stack([a[0], a[1], a[1], a[0]])
-    assert batch_accuracy(right, "class_blocks", 2) == 1.0
-    assert batch_accuracy(wrong, "class_blocks", 2) == 0.0
-    triplets = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
-    assert batch_accuracy(triplets, "triplets", 2) == 0.5
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -108,3 +97,13 @@ def test_unknown_names_and_misspelt_keys_fail_at_once(tmp_path: Path, override: 
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "outputs").exists()  # failed before any work
+
+
+def test_the_training_function_stays_under_120_lines() -> None:
+    """train() reads top to bottom with the loop at its centre; its set-up lives in npair.build."""
+    import inspect
+
+    import npair.train
+
+    lines = inspect.getsource(npair.train.train).splitlines()
+    assert len(lines) < 120, f"npair.train.train is {len(lines)} lines long; keep it under 120"

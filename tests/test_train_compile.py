@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from npair.train import run
-from tests.conftest import TINY, compose_config
+from tests.helpers import TINY, compose_config
 
 
 @pytest.mark.slow

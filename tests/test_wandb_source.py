@@ -25,12 +25,6 @@ from npair.wandb_source import (
     select_record,
     wait_for_exit_record,
 )
-from tests.test_loggers import tiny_outputs
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return tiny_outputs(tmp_path_factory.mktemp("tiny_outputs"))
 
 
 def metrics_of(tiny: dict[str, Any], seed: int) -> dict[str, Any]:

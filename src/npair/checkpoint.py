@@ -10,7 +10,8 @@ the previous checkpoint stays whole until the new one is complete) is a dict wit
     step, history, elapsed_s                        steps done, the RunLogger's evaluation history, time
     config, config_hash, format, version            the resolved config as a plain dict
 
-It loads with ``torch.load(..., weights_only=True)`` (numpy's RNG state is stored as a tensor).
+It loads with ``torch.load(..., weights_only=True)``: numpy's RNG state is stored as a tensor, and any
+other numpy array or scalar in a state or the history as a tensor or a Python number (:func:`save`).
 
 ``trainer.resume``: ``auto`` continues from run_dir/checkpoint.pt when it exists and metrics.json
 does not say ``completed`` (a completed run is left alone: its recorded final metrics are returned
@@ -22,22 +23,24 @@ on CPU, as a run never interrupted (see npair.stream for the limits with worker-
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import random
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from npair.runio import CHECKPOINT_FILE, atomic_torch_save, read_metrics
+from npair.collectives import gather_objects, on_main
+from npair.runio import CHECKPOINT_FILE, atomic_torch_save, config_hash, read_metrics
+
+if TYPE_CHECKING:
+    from npair.run_context import Context
 
 log = logging.getLogger("npair.checkpoint")
 
@@ -89,8 +92,66 @@ def _as_tuples(value: Any) -> Any:
 
 # ----------------------------------------------------------------------------------- writing
 def save(path: Path, state: dict[str, Any], rng_per_rank: list[dict[str, Any]]) -> None:
-    """Write ``state`` plus every rank's RNG state atomically (call on rank 0)."""
-    atomic_torch_save(path, {"format": FORMAT, "version": VERSION, **state, "rng": rng_per_rank})
+    """Write ``state`` plus every rank's RNG state atomically (call on rank 0), in the types that
+    ``torch.load(weights_only=True)`` reads (:func:`weights_only_types`)."""
+    checkpoint = {"format": FORMAT, "version": VERSION, **state, "rng": rng_per_rank}
+    atomic_torch_save(path, weights_only_types(checkpoint))
+
+
+def weights_only_types(value: Any) -> Any:
+    """``value`` with numpy arrays as tensors and numpy scalars as Python numbers, the two kinds of value
+    a state or a history may hold that ``torch.load(weights_only=True)`` refuses. Containers without
+    them are returned as they are (a state_dict keeps its ``_metadata``)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        converted = {key: weights_only_types(item) for key, item in value.items()}
+        if all(converted[key] is item for key, item in value.items()):
+            return value
+        out = value.copy()
+        out.update(converted)
+        return out
+    if isinstance(value, (list, tuple)):
+        converted = [weights_only_types(item) for item in value]
+        if all(new is old for new, old in zip(converted, value)):
+            return value
+        return type(value)(converted)
+    return value
+
+
+class Checkpointer:
+    """Writes ``path`` from the run's map of stateful objects (checkpoint key → object with
+    ``state_dict``, the same map :func:`restore` loads into), the logger's record and every rank's RNG.
+
+    ``save`` gathers the RNG states to rank 0, which writes the file atomically (the old one stays whole
+    if the write fails); ``kept`` says, for error messages, which checkpoint a stopped run left behind.
+    """
+
+    def __init__(self, path: Path, stateful: dict[str, Any], logger: Any, cfg: DictConfig, ctx: Context,
+                 enabled: bool, saved_step: int | None) -> None:
+        self.path, self.stateful, self.logger, self.ctx = path, stateful, logger, ctx
+        self.enabled = bool(enabled)
+        self.saved_step = saved_step  # the step of the checkpoint on disk (None: none written yet)
+        self.config, self.config_hash = OmegaConf.to_container(cfg, resolve=True), config_hash(cfg)
+
+    def save(self, step: int) -> None:
+        if not self.enabled:
+            return
+        rng = gather_objects(capture_rng(), self.ctx)
+        if self.ctx.is_main:
+            states = {key: obj.state_dict() for key, obj in self.stateful.items()}
+            save(self.path, {**states, "step": step, **self.logger.state(), "config": self.config,
+                             "config_hash": self.config_hash}, rng)
+        self.saved_step = step
+
+    def kept(self) -> str:
+        if not self.enabled:
+            return "wrote no checkpoint (trainer.save_checkpoint=false)"
+        if self.saved_step is None:
+            return "had written no checkpoint yet"
+        return f"kept the last good checkpoint, {self.path} (step {self.saved_step})"
 
 
 # ----------------------------------------------------------------------------------- resuming
@@ -111,6 +172,7 @@ def plan(resume: str | None, run_dir: Path) -> ResumePlan:
     if spec == "auto":
         record = read_metrics(run_dir)
         if record and record.get("status") == "completed":
+            log.info("%s holds a completed run: left alone (trainer.resume=never trains it again)", run_dir)
             return ResumePlan(completed=dict(record.get("final", {})))
         path = run_dir / CHECKPOINT_FILE
         for stale in run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):  # writes killed half-way (the old file is whole)
@@ -125,9 +187,10 @@ def plan(resume: str | None, run_dir: Path) -> ResumePlan:
     return ResumePlan(checkpoint=path, explicit=True)
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save`; every failure names the file and what to do."""
-    advice = f"delete {path} (or set trainer.resume=never) to start the run over"
+def load(path: Path, advice: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save` (``weights_only=True``: tensors and plain Python values, no
+    pickled code); every failure names the file and what to do (``advice``; default: how to start over)."""
+    advice = advice or f"delete {path} (or set trainer.resume=never) to start the run over"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, foreign pickle ...
@@ -193,45 +256,37 @@ def rng_for_rank(ckpt: dict[str, Any], rank: int) -> dict[str, Any]:
     return states[rank] if rank < len(states) else states[0]
 
 
-def previous_train_rows(csv_path: Path, upto_step: int) -> list[dict[str, Any]]:
-    """The rows of an interrupted run's train_log.csv up to ``upto_step`` (to carry over on resume)."""
-    if not csv_path.exists():
-        return []
-    rows = []
-    with open(csv_path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            try:
-                if int(row["step"]) > upto_step:
-                    break
-            except (KeyError, TypeError, ValueError):
-                continue
-            rows.append({k: _number(v) for k, v in row.items() if k != "elapsed_s"})
-    return rows
-
-
 def logger_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What the RunLogger had recorded when the checkpoint was written: evaluation history, elapsed time."""
     return {"history": [dict(h) for h in ckpt.get("history", [])], "elapsed_s": float(ckpt.get("elapsed_s", 0.0))}
 
 
-def restore_logger(logger: Any, state: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Give a fresh RunLogger the interrupted run's evaluation history, elapsed time and train_log rows
-    (:func:`logger_state`, :func:`previous_train_rows`); its wall time then counts from the first start."""
-    logger.record["history"] = list(state["history"])
-    logger.start = time.time() - state["elapsed_s"]
-    for row in rows:
-        logger.log_train(row)
-    logger.flush()
+@dataclass(frozen=True)
+class Resumed:
+    """What a run resumed from a checkpoint continues with, besides its restored objects."""
+
+    step: int                    # steps done
+    rng: dict[str, Any]          # this rank's RNG states, restored last (:func:`restore_rng`)
+    logger_state: dict[str, Any]  # the RunLogger's record then (:func:`logger_state`)
 
 
-def _number(text: Any) -> Any:
-    if text in (None, ""):
+def restore(plan: ResumePlan, stateful: dict[str, Any], cfg: DictConfig, ctx: Context,
+            run_dir: Path) -> Resumed | None:
+    """Resume from ``plan.checkpoint`` (None when the plan has none): rank 0 reads it and every rank gets it,
+    it must have been written by this config, and each of its states is loaded into the object of the same
+    key in ``stateful`` (the map :class:`Checkpointer` saves; ``stream`` is the run's BatchStream), so
+    every object has the state the uninterrupted run would have at this step."""
+    if plan.checkpoint is None:
         return None
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return text
-    return int(value) if value.is_integer() and "." not in str(text) and "e" not in str(text) else value
+    path = plan.checkpoint
+    state = on_main(lambda: load(path), ctx)
+    check_config(state, cfg, path, plan.explicit)
+    for key, obj in stateful.items():
+        load_module(obj, state[key], path, key)
+    step, stream = int(state["step"]), stateful["stream"]
+    log.info("resuming %s from %s at step %d (epoch %d, batch %d of it)", run_dir, path, step, stream.epoch,
+             stream.position)
+    return Resumed(step, rng_for_rank(state, ctx.rank), logger_state(state))
 
 
 # ------------------------------------------------------------------------------- stopping

@@ -6,11 +6,10 @@ Saved embeddings (``.npy``, ``.pt`` tensor, or one ``.npz``/``.pt`` dict holding
     python -m npair.evaluate --embeddings e.npy --labels l.npy --eval retrieval \\
         --similarity cosine --out result.json
 
-A run directory (``config.yaml`` + ``checkpoint.pt``, see CONTRACT.md): rebuilds the model
-with ``npair.models.build_model(cfg.backbone, cfg.dataset.embedding_dim)`` and the data
-with ``hydra.utils.instantiate(cfg.dataset.build)``, embeds the test split (and the
-training split when the evaluator needs a reference), and evaluates with the run's
-``eval`` config unless ``--eval`` names another::
+A run directory (its ``checkpoint.pt``, or ``--checkpoint``): rebuilds the run's data, model and
+loss from the config the checkpoint holds (``npair.build.load_run``, weights only), embeds the
+test split (and the training split when the evaluator needs a reference), and evaluates with
+the run's ``eval`` config unless ``--eval`` names another::
 
     python -m npair.evaluate --run outputs/runs/<experiment>/<seed> --out result.json
 
@@ -27,14 +26,16 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npair.config_location import config_dir
+from npair.configuration import CONFIG_DIR
 from npair.evaluation import EmbeddingSet, Evaluator
 
-CONFIG_DIR = config_dir()
+if TYPE_CHECKING:
+    from npair.build import LoadedRun
+
 RESULT_SCHEMA = 1
 
 
@@ -107,49 +108,23 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.from_dotlist(items), resolve=True) if items else {}
 
 
-def embed_run(run_dir: Path, checkpoint: Path | None, device: str, batch_size: int, need_reference: bool):
-    """Rebuild model and data of a run directory and embed its test (and train) split."""
-    import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
+def embed_run(run: LoadedRun, device: str, batch_size: int, need_reference: bool):
+    """Embed a trained run's test split (with the logits of a classifier loss) and, when the evaluator
+    needs a reference, its training split."""
     from npair.evaluation.embed import embed_dataset
-    from npair.models import build_model
 
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"--run {run_dir}: no config.yaml (is this a run directory?)")
-    cfg = OmegaConf.load(cfg_path)
-    ckpt_path = checkpoint or run_dir / "checkpoint.pt"
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"--run {run_dir}: no checkpoint {ckpt_path}")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model = build_model(cfg.backbone, cfg.dataset.embedding_dim)
-    model.load_state_dict(state["model"])
-    model.to(device)
-    splits = instantiate(cfg.dataset.build)
-    logits_fn = _classifier(cfg, state, splits, device)
-    test = embed_dataset(model, splits.test, batch_size=batch_size, device=device, logits_fn=logits_fn)
-    reference = (
-        embed_dataset(model, splits.train, batch_size=batch_size, device=device) if need_reference else None
-    )
-    source = {"run": str(run_dir), "checkpoint": str(ckpt_path), "step": state.get("step")}
-    return cfg, test, reference, dict(splits.extras), source
+    logits_fn = _classifier(run.loss_fn)
+    test = embed_dataset(run.model, run.splits.test, batch_size=batch_size, device=device,
+                         logits_fn=logits_fn)
+    reference = None
+    if need_reference:
+        reference = embed_dataset(run.model, run.splits.train, batch_size=batch_size, device=device)
+    return test, reference, dict(run.splits.extras)
 
 
-def _classifier(cfg, state, splits, device):
-    """Logits function of a classifier loss (softmax baseline), when the run has one.
-
-    Looks for a ``logits(embeddings)`` method, else a ``classifier`` module, on the loss
-    rebuilt from ``cfg.loss`` with the checkpoint's ``loss`` state.
-    """
-    if not state.get("loss"):
-        return None
-    from npair.train import build_loss
-
-    loss = build_loss(cfg, splits)
-    loss.load_state_dict(state["loss"])
-    loss.to(device).eval()
+def _classifier(loss: Any):
+    """Logits function of a classifier loss (softmax baseline): its ``logits(embeddings)`` method, else
+    its ``classifier`` module; None for the other losses."""
     if callable(getattr(loss, "logits", None)):
         return loss.logits
     if callable(getattr(loss, "classifier", None)):
@@ -178,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument(
         "--embeddings", help="test embeddings (.npy/.pt, or .npz/.pt dict with embeddings, labels[, logits])"
     )
-    src.add_argument("--run", type=Path, help="run directory with config.yaml and checkpoint.pt")
+    src.add_argument("--run", type=Path, help="run directory with its checkpoint.pt")
     p.add_argument("--labels", help="test labels (.npy/.pt)")
     p.add_argument("--logits", help="test logits (.npy/.pt), for softmax_acc")
     p.add_argument("--reference-embeddings", help="reference (training) embeddings, for knn_acc")
@@ -211,26 +186,26 @@ def main(argv: list[str] | None = None) -> int:
         overrides["device"] = args.device
 
     if args.run is not None:
+        import torch
         from omegaconf import OmegaConf
 
-        run_cfg = OmegaConf.load(args.run / "config.yaml") if (args.run / "config.yaml").is_file() else None
-        if args.eval:
-            eval_cfg = load_eval_config(args.eval, args.config_dir)
-        elif run_cfg is not None and "eval" in run_cfg:
-            eval_cfg = OmegaConf.to_container(run_cfg.eval, resolve=True)
-        else:
-            eval_cfg = load_eval_config("retrieval", args.config_dir)
-        evaluator, eval_name = build_evaluator(eval_cfg, overrides)
-        import torch
+        from npair.build import load_run
 
         device = (
             args.device
             if args.device and args.device != "auto"
             else ("cuda" if torch.cuda.is_available() else "cpu")
         )
-        _, test, reference, extras, source = embed_run(
-            args.run, args.checkpoint, device, args.batch_size, evaluator.needs_reference
-        )
+        run = load_run(args.run, args.checkpoint, device=device)
+        if args.eval:
+            eval_cfg = load_eval_config(args.eval, args.config_dir)
+        elif "eval" in run.cfg:
+            eval_cfg = OmegaConf.to_container(run.cfg.eval, resolve=True)
+        else:
+            eval_cfg = load_eval_config("retrieval", args.config_dir)
+        evaluator, eval_name = build_evaluator(eval_cfg, overrides)
+        test, reference, extras = embed_run(run, device, args.batch_size, evaluator.needs_reference)
+        source = {"run": str(args.run), "checkpoint": str(run.checkpoint), "step": run.step}
     else:
         evaluator, eval_name = build_evaluator(
             load_eval_config(args.eval or "retrieval", args.config_dir), overrides

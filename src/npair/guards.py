@@ -8,14 +8,19 @@ file of the run exists (the samplers check again, in their own terms).
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from npair.collectives import any_rank
 from npair.data.base import DatasetSplits
+
+if TYPE_CHECKING:
+    from npair.run_context import Context
 
 # The sampler keys that size a batch. They count the GLOBAL batch; under W ranks each rank draws 1/W.
 BATCH_KEYS = ("n_classes", "n_triplets", "n_pairs")
@@ -77,9 +82,10 @@ class NonFiniteError(FloatingPointError):
     """The loss or the gradient became inf/NaN; the run stops and keeps its last good checkpoint."""
 
 
-def require_finite_loss(nonfinite: bool, loss: Tensor, step: int, kept: str) -> None:
-    if nonfinite:
-        raise NonFiniteError(f"non-finite loss ({loss.item()}) at step {step}; the run stopped and {kept}. "
+def require_finite_loss(loss: Tensor, step: int, kept: Callable[[], str], ctx: Context, device: torch.device) -> None:
+    """Stop every rank when the loss is inf/NaN on any (``kept()`` says which checkpoint stays)."""
+    if any_rank(not torch.isfinite(loss), ctx, device):
+        raise NonFiniteError(f"non-finite loss ({loss.item()}) at step {step}; the run stopped and {kept()}. "
                              "Lower optimizer.lr, set trainer.grad_clip, or use trainer.precision=32")
 
 

@@ -20,16 +20,25 @@ from __future__ import annotations
 
 import csv
 import logging
-import netrc
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from npair.runio import METRICS_FILE, METRICS_SCHEMA_VERSION, atomic_write_json
-from npair.wandb_source import wait_for_exit_record
+from npair.runio import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    METRICS_SCHEMA_VERSION,
+    TRAIN_LOG_FILE,
+    atomic_write_json,
+    atomic_write_text,
+)
+from npair.wandb_source import wait_for_exit_record, wandb_api_key_available
+
+if TYPE_CHECKING:
+    from npair.checkpoint import Resumed
 
 log = logging.getLogger("npair.loggers")
 
@@ -48,25 +57,7 @@ SUMMARY_HEADER_KEYS = (
 )
 
 
-# ------------------------------------------------------------------------------------ credentials / mode
-def _netrc_has_host(host: str) -> bool:
-    """A netrc entry for ``host`` in $NETRC or ~/.netrc (where ``wandb login`` writes it)."""
-    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-    try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def wandb_api_key_available() -> bool:
-    """True when W&B can authenticate without asking: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a
-    netrc entry for the W&B host (``wandb login``)."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
-    return _netrc_has_host(host)
-
-
+# ------------------------------------------------------------------------------------ mode
 def resolve_wandb_mode(mode: str) -> str:
     """auto → online with credentials, else offline. WANDB_MODE in the environment wins over the config.
 
@@ -167,7 +158,7 @@ class RunLogger:
             "final": {},
             "wall_time_s": 0.0,
         }
-        self._csv_file = open(self.run_dir / "train_log.csv", "w", newline="")
+        self._csv_file = open(self.run_dir / TRAIN_LOG_FILE, "w", newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=self.CSV_FIELDS, extrasaction="ignore")
         self._csv.writeheader()
         self.wandb_run = None
@@ -219,6 +210,26 @@ class RunLogger:
             "dir": str(Path(self.wandb_run.dir).parent),
         }
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this record (:meth:`restore` takes it back): the evaluation history
+        and the time elapsed since the run first started."""
+        return {"history": self.record["history"], "elapsed_s": time.time() - self.start}
+
+    def last_evaluation(self) -> dict[str, float]:
+        """The metrics of the latest evaluation in the history ({} when there is none)."""
+        history = self.record["history"]
+        return {k: v for k, v in history[-1].items() if k != "step"} if history else {}
+
+    def restore(self, state: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        """Continue an interrupted run's record: its evaluation history and elapsed time (``state``, from
+        the checkpoint) and its train_log rows (:func:`previous_train_rows`); wall time counts from the
+        first start."""
+        self.record["history"] = list(state["history"])
+        self.start = time.time() - state["elapsed_s"]
+        for row in rows:
+            self.log_train(row)
+        self.flush()
+
     def log_train(self, row: dict[str, Any]) -> None:
         row = {**row, "elapsed_s": round(time.time() - self.start, 3)}
         self._csv.writerow(row)
@@ -231,6 +242,7 @@ class RunLogger:
             )
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        log.info("step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         self.record["history"].append({"step": int(step), **metrics})
         self._send_evals(before=None)
         self.flush()
@@ -292,3 +304,71 @@ class RunLogger:
             )
             print(message, flush=True)
             log.info(message.replace("\n", " "))
+
+
+# ------------------------------------------------------------------------------------ resuming
+def previous_train_rows(csv_path: Path, upto_step: int) -> list[dict[str, Any]]:
+    """The rows of an interrupted run's train_log.csv up to ``upto_step`` (to carry over on resume)."""
+    if not csv_path.exists():
+        return []
+    rows = []
+    with open(csv_path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                if int(row["step"]) > upto_step:
+                    break
+            except (KeyError, TypeError, ValueError):
+                continue
+            rows.append({k: _number(v) for k, v in row.items() if k != "elapsed_s"})
+    return rows
+
+
+def _number(text: Any) -> Any:
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(value) if value.is_integer() and "." not in str(text) and "e" not in str(text) else value
+
+
+class SilentLogger:
+    """What ranks other than 0 log: nothing (no files, no W&B); the interface of :class:`RunLogger`."""
+
+    def __init__(self) -> None:
+        self.record: dict[str, Any] = {"history": []}
+        self.start = 0.0
+
+    def state(self) -> dict[str, Any]:
+        return {"history": [], "elapsed_s": 0.0}
+
+    def last_evaluation(self) -> dict[str, float]:
+        return {}
+
+    def log_train(self, row: dict[str, Any]) -> None:
+        pass
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def finish(self, status: str, final: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+        pass
+
+
+def open_run_logger(run_dir: Path, cfg: DictConfig, header: dict[str, Any], is_main: bool,
+                    resumed: Resumed | None) -> RunLogger | SilentLogger:
+    """Rank 0 alone writes the run directory and talks to W&B: it writes config.yaml and opens a
+    :class:`RunLogger`, which continues a resumed run's record (history, elapsed time, train_log rows up to
+    its step); the other ranks get a :class:`SilentLogger`."""
+    log.info("run %s: %s | %s | %s on %s × %d (%d train / %d test images)", run_dir, header["loss"],
+             header["sampler"], header["dataset"], header["device"], header["world_size"], header["n_train"],
+             header["n_test"])
+    if not is_main:
+        return SilentLogger()
+    atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    carried_rows = previous_train_rows(run_dir / TRAIN_LOG_FILE, resumed.step) if resumed is not None else []
+    logger = RunLogger(run_dir, cfg, header)
+    if resumed is not None:
+        logger.restore(resumed.logger_state, carried_rows)
+    return logger

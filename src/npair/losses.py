@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from npair.distributed import gather_no_grad, gather_with_grad
+from npair.collectives import gather_no_grad, gather_with_grad
 
 RegForm = Literal["tf_npairs", "mean_squared", "mean_norm", "none"]
 

@@ -1,4 +1,5 @@
-"""Run-directory I/O: atomic writes, provenance (git commit, config hash), metrics.json schema."""
+"""Run-directory I/O: atomic writes, provenance (git commit, config hash), metrics.json schema, the names of
+a run's files, and where a run's data lives when it is read from elsewhere."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 METRICS_SCHEMA_VERSION = 1
-METRICS_FILE = "metrics.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-CONFIG_FILE = "config.yaml"
+# The files of a run directory.
+METRICS_FILE = "metrics.json"      # provenance, evaluation history, final metrics, status (npair.loggers)
+CHECKPOINT_FILE = "checkpoint.pt"  # the last good training state (npair.checkpoint)
+CONFIG_FILE = "config.yaml"        # the resolved config
+TRAIN_LOG_FILE = "train_log.csv"   # one row per log step (npair.loggers.RunLogger.CSV_FIELDS)
+REEVAL_DIR = "eval"                # <run>/eval/<slug>.json: a table row's evaluate_with re-evaluation
 
 # Keys that say where/how a run is logged, not what it computes: excluded from the config hash.
 _HASH_EXCLUDED = ("paths", "logger", "tags")
@@ -104,3 +108,43 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 def is_complete(run_dir: str | os.PathLike) -> bool:
     metrics = read_metrics(run_dir)
     return bool(metrics) and metrics.get("status") == "completed"
+
+
+# ------------------------------------------------------------------------------ a run's data
+def rebase_data_dir(cfg: Any, data_dir: str | Path | None) -> Any:
+    """Point the run's dataset paths at ``data_dir`` (the run's own paths.data_dir prefix is replaced)."""
+    if data_dir is None:
+        return cfg
+    old = str(cfg.paths.data_dir)
+    container = OmegaConf.to_container(cfg, resolve=True)
+
+    def swap(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: swap(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [swap(v) for v in node]
+        if isinstance(node, str) and node.startswith(old):
+            return str(Path(data_dir)) + node[len(old) :]
+        return node
+
+    container["dataset"] = swap(container["dataset"])
+    container["paths"]["data_dir"] = str(data_dir)
+    return OmegaConf.create(container)
+
+
+def locate_data_dir(cfg: Any, run_dir: Path) -> Path | None:
+    """Where a run's data lives when its relative ``paths.data_dir`` does not resolve from here.
+
+    Runs made from the repository root record ``./data``; read from elsewhere (the notebook runs in
+    notebooks/), the run directory's own tree tells the root: ``<root>/<output_dir name>/runs/...``.
+    None when the recorded path is absolute, exists as is, or no candidate exists.
+    """
+    data_dir = Path(str(cfg.paths.data_dir))
+    if data_dir.is_absolute() or data_dir.exists():
+        return None
+    relative = Path(os.path.relpath(data_dir, str(cfg.paths.get("root_dir", "."))))
+    out_name = Path(str(cfg.paths.get("output_dir", "outputs"))).name
+    for parent in Path(run_dir).resolve().parents:
+        if parent.name == out_name and (parent.parent / relative).exists():
+            return parent.parent / relative
+    return None

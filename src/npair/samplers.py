@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from npair import distributed as npd
+from npair import collectives as npd
 
 SmallClassPolicy = Literal["error", "drop", "replace"]
 EpochLength = Literal["classes", "images"] | int

@@ -17,7 +17,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import re
 import subprocess
@@ -28,14 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from npair.config_location import config_dir
-from npair.runio import atomic_write_text, is_complete
-
-CONFIG_DIR = config_dir()
+from npair.configuration import CONFIG_DIR
+from npair.runio import METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete
+from npair.stats import mean_se
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -57,15 +54,6 @@ class Cell:
     @property
     def diff(self) -> float | None:
         return None if self.mean is None or self.paper is None else self.mean - self.paper
-
-
-def mean_se(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and standard error of the mean (sample std with ddof=1 over √n); SE is None for n < 2."""
-    if not values:
-        return None, None
-    arr = np.asarray(values, dtype=np.float64)
-    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else None
-    return float(arr.mean()), se
 
 
 def bold_mask(cells: list[Cell], higher_is_better: bool = True) -> list[bool]:
@@ -132,7 +120,9 @@ class TableSpec:
     def result_path(self, root: Path, row: Row, seed: int) -> Path:
         """Where the row's metrics for one seed live: metrics.json, or a re-evaluation's JSON."""
         run_dir = self.run_dir(root, row, seed)
-        return run_dir / "metrics.json" if not row.evaluate_with else run_dir / "eval" / f"{row.eval_slug}.json"
+        if not row.evaluate_with:
+            return run_dir / METRICS_FILE
+        return run_dir / REEVAL_DIR / f"{row.eval_slug}.json"
 
 
 def run_dir_of(root: Path, experiment: str, seed: int) -> Path:
@@ -169,7 +159,7 @@ def load_spec(name: str, config_dir: Path = CONFIG_DIR) -> TableSpec:
 
 def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictConfig:
     """The training config of one run, exactly as ``npair.train`` composes it."""
-    from npair.train import compose_train
+    from npair.build import compose_train
 
     cfg = compose_train([f"experiment={experiment}", f"seed={seed}", *overrides])
     if cfg.name != experiment:
@@ -233,24 +223,17 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
 def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> None:
     """Evaluate a completed run's final checkpoint under ``row.evaluate_with``; writes eval/<slug>.json."""
     import torch
-    from hydra.utils import instantiate
 
-    from npair.models import build_model
-    from npair.runio import CHECKPOINT_FILE, atomic_write_json
-    from npair.train import build_loss, evaluate, make
+    from npair.build import evaluate_model, load_run, make
+    from npair.runio import atomic_write_json
 
     run_dir = run_dir_of(root, row.experiment, seed)
     cfg = compose_run(row.experiment, seed, [*overrides, *row.evaluate_with])
-    checkpoint = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    splits = instantiate(cfg.dataset.build)
-    model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
-    model.load_state_dict(checkpoint["model"])
-    loss_fn = build_loss(cfg, splits)
-    loss_fn.load_state_dict(checkpoint.get("loss", {}))
+    run = load_run(run_dir, cfg=cfg)
     evaluator = make(cfg.eval)
-    metrics = evaluate(model, loss_fn, splits, evaluator, cfg, torch.device("cpu"))
-    atomic_write_json(run_dir / "eval" / f"{row.eval_slug}.json", {
-        "status": "completed", "evaluate_with": row.evaluate_with, "step": checkpoint.get("step"),
+    metrics = evaluate_model(run.model, run.loss_fn, run.splits, evaluator, cfg, torch.device("cpu"))
+    atomic_write_json(run_dir / REEVAL_DIR / f"{row.eval_slug}.json", {
+        "status": "completed", "evaluate_with": row.evaluate_with, "step": run.step,
         "similarity": getattr(evaluator, "similarity", None), "final": metrics})
 
 

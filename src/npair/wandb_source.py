@@ -1,4 +1,5 @@
-"""Run records from W&B: a W&B project (``fetch_records``) or offline run files (``offline_records``).
+"""Run records from W&B: a W&B project (``fetch_records``) or offline run files (``offline_records``), and
+whether W&B credentials are at hand without a prompt (``wandb_api_key_available``, also used by npair.loggers).
 
 Each record has the shape of a run's ``metrics.json`` as far as the table builder reads it::
 
@@ -21,6 +22,8 @@ and decodes every record with wandb's own protobuf ``wandb.proto.wandb_internal_
 from __future__ import annotations
 
 import json
+import netrc
+import os
 import struct
 import time
 import zlib
@@ -48,6 +51,25 @@ STATE_STATUS = {
     "preempted": "interrupted",
 }
 FINAL_STATUSES = ("completed", "failed", "interrupted")
+
+
+# ------------------------------------------------------------------------------------ credentials
+def _netrc_has_host(host: str) -> bool:
+    """A netrc entry for ``host`` in $NETRC or ~/.netrc (where ``wandb login`` writes it)."""
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_api_key_available() -> bool:
+    """True when W&B can authenticate without asking: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a
+    netrc entry for the W&B host (``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
+    return _netrc_has_host(host)
 
 
 # ------------------------------------------------------------------------------------ the .wandb file
@@ -326,8 +348,6 @@ def fetch_records(
     """
     if api is None:
         import wandb
-
-        from npair.loggers import wandb_api_key_available
 
         if not wandb_api_key_available():  # wandb.Api() would prompt for a key on a terminal
             raise RuntimeError(

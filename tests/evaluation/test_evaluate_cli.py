@@ -99,7 +99,7 @@ def test_cli_on_a_training_run_directory(tmp_path):
     """A real (tiny) run of the training loop, re-evaluated from config.yaml + checkpoint.pt:
     the CLI must rebuild model and data and reproduce the run's final metrics."""
     from npair.train import run
-    from tests.conftest import TINY, compose_config
+    from tests.helpers import TINY, compose_config
 
     final = run(compose_config(TINY, tmp_path), tmp_path / "run")
     out = tmp_path / "result.json"
@@ -114,7 +114,7 @@ def test_cli_on_a_seen_class_softmax_run(tmp_path):
     """Seen-class protocol through the run path: the training split is embedded as the kNN
     reference and the softmax loss' classifier gives the † accuracy."""
     from npair.train import run
-    from tests.conftest import compose_config
+    from tests.helpers import compose_config
 
     overrides = [
         "dataset=digits",

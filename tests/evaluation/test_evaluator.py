@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from npair.configuration import CONFIG_DIR
 from npair.evaluation import EmbeddingSet, Evaluator
 from npair.evaluation.knn import faiss_available
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
+EVAL_CONFIG_DIR = CONFIG_DIR / "eval"
 BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
 
 
@@ -240,9 +239,9 @@ def test_bad_configuration_is_an_error():
 # ---------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(EVAL_CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_eval_configs_instantiate(path):
-    from tests.conftest import compose_config
+    from tests.helpers import compose_config
 
     cfg = compose_config([f"eval={path.stem}"]).eval  # through Hydra: config files may extend others
     assert cfg.name == path.stem
@@ -260,5 +259,5 @@ def test_eval_configs_instantiate(path):
 
 
 def test_config_k_lists():
-    assert list(OmegaConf.load(CONFIG_DIR / "retrieval.yaml").ks) == [1, 2, 4, 8]
-    assert list(OmegaConf.load(CONFIG_DIR / "sop.yaml").ks) == [1, 10, 100, 1000]
+    assert list(OmegaConf.load(EVAL_CONFIG_DIR / "retrieval.yaml").ks) == [1, 2, 4, 8]
+    assert list(OmegaConf.load(EVAL_CONFIG_DIR / "sop.yaml").ks) == [1, 10, 100, 1000]

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from npair.stats import mean_se
+
 # --------------------------------------------------------------------------------------
 # neighbour-list helpers
 
@@ -316,13 +318,13 @@ def pair_f1(classes: np.ndarray, clusters: np.ndarray) -> float:
 
 
 def mean_and_standard_error(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean, ``std(ddof=1) / sqrt(n)``; NaN error for n = 1.
+    """Mean and standard error of the mean (:func:`npair.stats.mean_se`) as floats: NaN error for n = 1,
+    so every evaluator result stays a float.
 
     >>> mean_and_standard_error([1.0, 2.0, 3.0])
     (2.0, 0.5773502691896258)
     """
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
+    mean, se = mean_se(values)
+    if mean is None:
         raise ValueError("no values to average")
-    se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
-    return float(v.mean()), se
+    return mean, float("nan") if se is None else se

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from npair.distributed import gather_no_grad, gather_with_grad, is_distributed, rank, world_size
+from npair.collectives import gather_no_grad, gather_with_grad, is_distributed, rank, world_size
 from npair.losses import NPairMCLoss, NPairOVOLoss
 from npair.samplers import NPairSampler
 

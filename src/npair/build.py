@@ -1,0 +1,237 @@
+"""What builds a run from a config: compose it, instantiate its parts, its loss, evaluate a model, and
+rebuild a trained run from its checkpoint (:func:`load_run`).
+
+The library half of ``python -m npair.train``: the training loop (npair.train), the table runner
+(npair.tables), the evaluation command (npair.evaluate), the figures (npair.plots) and the tests build
+runs with these functions.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from npair import checkpoint as ckpt
+from npair.configuration import CONFIG_DIR, register_resolvers
+from npair.data.base import DatasetSplits
+from npair.evaluation import EmbeddingSet
+from npair.evaluation.embed import embed_dataset
+from npair.models import build_model
+from npair.models.batchnorm import sync_batchnorm
+from npair.probe import Probe
+from npair.runio import CHECKPOINT_FILE, config_hash, git_commit, locate_data_dir, rebase_data_dir
+from npair.stream import BatchStream, SkippingBatchSampler
+
+
+def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The config ``python -m npair.train <overrides>`` runs (configs/train.yaml), composed in-process."""
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def make(node: DictConfig, **kwargs: Any) -> Any:
+    """Instantiate a config-group node (its ``_target_``), dropping the descriptive ``name`` key."""
+    container = OmegaConf.to_container(node, resolve=True)
+    container.pop("name", None)
+    return instantiate(container, **kwargs)
+
+
+def build_loss(cfg: DictConfig, splits: DatasetSplits) -> nn.Module:
+    """The configured loss; ``loss.num_classes: null`` (a classifier) becomes the number of training
+    classes."""
+    kwargs = {"num_classes": splits.num_train_classes} if cfg.loss.get("num_classes", 0) is None else {}
+    return make(cfg.loss, **kwargs)
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"trainer.device={spec!r} but CUDA is not available; use trainer.device=cpu or auto"
+        )
+    return device
+
+
+def autocast_dtype(precision: str | int, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``trainer.precision`` (None = full fp32)."""
+    precision = str(precision)
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    choices = {"32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "16": torch.float16}
+    if precision not in choices:
+        raise ValueError(f"trainer.precision={precision!r}: use auto, 32, bf16 or fp16")
+    if choices[precision] is torch.float16 and device.type != "cuda":
+        raise ValueError("trainer.precision=fp16 needs CUDA; use bf16 or 32 on CPU")
+    return choices[precision]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def build_train_model(cfg: DictConfig, device: torch.device, sync_bn: bool) -> tuple[nn.Module, bool]:
+    """The embedding model on ``device`` (BatchNorm over the global batch when ``sync_bn``), and whether
+    it runs channels_last (``trainer.channels_last``: auto = on CUDA)."""
+    model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
+    if sync_bn:
+        model = sync_batchnorm(model, device)
+    model = model.to(device)
+    trainer = cfg.trainer
+    channels_last = device.type == "cuda" if trainer.channels_last == "auto" else bool(trainer.channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, channels_last
+
+
+def build_sampler(cfg: DictConfig, splits: DatasetSplits, per_rank_batch: dict[str, int], world_size: int,
+                  rank: int) -> Any:
+    """This rank's batch sampler over the training split (``per_rank_batch``: npair.guards.per_rank_batch)."""
+    return make(cfg.sampler, labels=np.asarray(splits.train.labels), seed=int(cfg.seed), **per_rank_batch,
+                num_replicas=world_size, rank=rank)
+
+
+def attach_embedder(sampler: Any, model: nn.Module, dataset: Dataset, trainer: DictConfig,
+                    device: torch.device) -> None:
+    """Hard negative class mining embeds its candidates with the live model: give the sampler that
+    function (other samplers have no ``set_embedder``)."""
+    if not hasattr(sampler, "set_embedder"):
+        return
+
+    def embed_items(indices: np.ndarray) -> Tensor:
+        subset = torch.utils.data.Subset(dataset, [int(i) for i in indices])
+        embedded = embed_dataset(model, subset, batch_size=int(trainer.eval_batch_size), device=device,
+                                 num_workers=int(trainer.num_workers))
+        model.train()
+        return torch.from_numpy(embedded.embeddings)
+
+    sampler.set_embedder(embed_items)
+
+
+def batch_stream(dataset: Dataset, sampler: Any, trainer: DictConfig, device: torch.device,
+                 seed: int) -> BatchStream:
+    """The training batches: a DataLoader over ``sampler``'s batches, resumable at any batch
+    (npair.stream)."""
+    batch_sampler = SkippingBatchSampler(sampler)
+    pin_memory = device.type == "cuda" if trainer.pin_memory == "auto" else bool(trainer.pin_memory)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=int(trainer.num_workers), pin_memory=pin_memory,
+        persistent_workers=int(trainer.num_workers) > 0, generator=torch.Generator().manual_seed(seed),
+    )
+    return BatchStream(loader, batch_sampler)
+
+
+def run_header(cfg: DictConfig, splits: DatasetSplits, evaluator: Any, device: torch.device,
+               amp_dtype: torch.dtype | None, probe: Probe | None, world_size: int,
+               resumed_from_step: int | None) -> dict[str, Any]:
+    """What metrics.json records about a run before its results: provenance, data, setting."""
+    return {
+        "name": cfg.name, "seed": int(cfg.seed), "config_hash": config_hash(cfg), "git": git_commit(),
+        "similarity": getattr(evaluator, "similarity", None), "device": describe_device(device),
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "dataset": cfg.dataset.name, "loss": cfg.loss.name, "sampler": cfg.sampler.name,
+        "n_train": len(splits.train), "n_test": len(splits.test), "protocol": splits.protocol,
+        "probe_classes": probe.n if probe else 0, "tags": list(cfg.get("tags", [])),
+        "torch": torch.__version__, "world_size": world_size,
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "resumed_from_step": resumed_from_step,
+    }
+
+
+def check_compatible(loss_fn: nn.Module, sampler: Any, cfg: DictConfig) -> None:
+    """The sampler must produce the batch layout the loss reads (see npair.losses)."""
+    want, have = getattr(loss_fn, "layout", "any"), getattr(sampler, "layout", None)
+    if want != "any" and want != have:
+        raise ValueError(
+            f"loss={cfg.loss.name} reads {want!r} batches but sampler={cfg.sampler.name} makes {have!r} "
+            f"batches; choose a sampler with layout {want!r} (e.g. the one its experiment configs use)"
+        )
+
+
+def evaluate_model(model: nn.Module, loss_fn: nn.Module, splits: DatasetSplits, evaluator: Any,
+             cfg: DictConfig, device: torch.device) -> dict[str, float]:
+    """Embed the test split (and the training split when the protocol needs it) and run the evaluator."""
+    bs, workers = int(cfg.trainer.eval_batch_size), int(cfg.trainer.num_workers)
+    test = embed_dataset(model, splits.test, batch_size=bs, device=device, num_workers=workers)
+    if hasattr(loss_fn, "logits"):  # a softmax classifier: its own predictions give the † accuracy
+        with torch.no_grad():
+            test.logits = loss_fn.logits(torch.from_numpy(test.embeddings).to(device)).float().cpu().numpy()
+    reference: EmbeddingSet | None = None
+    if evaluator.needs_reference:
+        reference = embed_dataset(model, splits.train, batch_size=bs, device=device, num_workers=workers)
+    model.train()
+    return {k: float(v) for k, v in evaluator(test, reference, extras=splits.extras).items()}
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# ------------------------------------------------------------------------------ a trained run
+@dataclass
+class LoadedRun:
+    """A trained run rebuilt from its checkpoint: the config, the data, the model and the loss (a classifier
+    loss holds the softmax baseline's weights) with the saved states, on one device, in eval mode."""
+
+    cfg: DictConfig
+    splits: DatasetSplits
+    model: nn.Module
+    loss_fn: nn.Module
+    step: int
+    checkpoint: Path
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, cfg: DictConfig | None = None,
+             device: str | torch.device = "cpu", data_dir: str | Path | None = None) -> LoadedRun:
+    """The one loader of trained runs (evaluation, re-evaluated table rows, embedding figures).
+
+    Reads ``checkpoint`` (default ``run_dir/checkpoint.pt``) with :func:`npair.checkpoint.load` (weights
+    only, format and version checked, errors naming the file) and rebuilds data, model and loss from
+    ``cfg``, by default the resolved config the checkpoint holds. With the checkpoint's config, the data
+    are looked for in ``data_dir`` when given, else where the run's outputs tree says when the recorded
+    relative path does not exist from here (:func:`npair.runio.locate_data_dir`); a given ``cfg`` is used
+    as it is.
+    """
+    run_dir = Path(run_dir)
+    path = Path(checkpoint) if checkpoint is not None else run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint (trainer.save_checkpoint=false, or the run stopped "
+                                "before its first checkpoint); re-run the experiment, or name a checkpoint file")
+    state = ckpt.load(path, advice="pass the checkpoint.pt of an npair training run")
+    if cfg is None:
+        cfg = OmegaConf.create(state["config"])
+        cfg = rebase_data_dir(cfg, data_dir if data_dir is not None else locate_data_dir(cfg, run_dir))
+    splits: DatasetSplits = instantiate(cfg.dataset.build)
+    model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
+    loss_fn = build_loss(cfg, splits)
+    for module, key in ((model, "model"), (loss_fn, "loss")):
+        ckpt.load_module(module, state[key], path, key)
+        module.to(device).eval()
+    return LoadedRun(cfg, splits, model, loss_fn, int(state["step"]), path)
