@@ -39,6 +39,7 @@ from npair.evaluation.embed import embed_dataset
 from npair.loggers import RunLogger
 from npair.models import build_model
 from npair.runio import CHECKPOINT_FILE, CONFIG_FILE, atomic_write_text, config_hash, git_commit
+from npair.samplers import current_model_embedder
 from npair.stream import BatchStream, SkippingBatchSampler
 
 log = logging.getLogger("npair.train")
@@ -229,15 +230,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
     scheduler = make(cfg.scheduler)(optimizer=optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     if hasattr(sampler, "set_embedder"):  # hard negative class mining embeds candidates with the live model
-
-        def embed_items(indices: np.ndarray) -> Tensor:
-            subset = torch.utils.data.Subset(splits.train, [int(i) for i in indices])
-            embedded = embed_dataset(model, subset, batch_size=int(trainer.eval_batch_size), device=device,
-                                     num_workers=int(trainer.num_workers))
-            model.train()
-            return torch.from_numpy(embedded.embeddings)
-
-        sampler.set_embedder(embed_items)
+        sampler.set_embedder(current_model_embedder(model, splits.train, device, trainer.eval_batch_size))
     batch_sampler = SkippingBatchSampler(sampler)
     pin_memory = device.type == "cuda" if trainer.pin_memory == "auto" else bool(trainer.pin_memory)
     loader = torch.utils.data.DataLoader(
