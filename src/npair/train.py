@@ -34,6 +34,7 @@ from npair import checkpoint as ckpt
 from npair import ddp, guards
 from npair import distributed as npd
 from npair.data.base import DatasetSplits
+from npair.data.validation import carve_validation
 from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
 from npair.loggers import RunLogger
@@ -211,6 +212,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ddp.Context, device: torch.device
 
     with ddp.main_process_first(ctx):
         splits: DatasetSplits = instantiate(cfg.dataset.build)
+        splits = carve_validation(splits, cfg.dataset.get("validation"))  # validation classes for selection
     per_rank_batch = guards.per_rank_batch(cfg.sampler, ctx.world_size)  # impossible combinations fail here,
     guards.check_sampler_fits_data(cfg, splits)                          # before any file of the run exists
     model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
