@@ -230,3 +230,9 @@ def test_table_rows_are_selected_then_trained_and_reported(
     select_and_train([spec], root, ["logger=none"], jobs=2)
     assert "training" not in capsys.readouterr().out
 
+
+def test_shipped_selection_tables_load_and_are_balanced() -> None:
+    for name in ("claim_check_glyphs", "claim_check_large"):
+        spec = load_spec(name)
+        check_table(spec)
+        assert all(row.select for row in spec.rows)
