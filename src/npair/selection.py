@@ -458,11 +458,15 @@ def select_and_train(specs: Sequence[Any], root: Path, overrides: Sequence[str],
         after = (f"select {source}",) if source in grids else ()
         return Task(f"final {experiment}", start, after=after, finish=finish)
 
-    # Grids that other rows borrow from go first, so that their final runs can start early.
+    # Ready tasks start in list order: each grid is followed by the final runs that wait for it (those of
+    # other experiments first), and grids that other experiments borrow go first, so that the long final
+    # runs start early and short grids fill the end.
     borrowed = {source for experiment, (source, _s) in finals.items() if source != experiment}
-    order = sorted(grids, key=lambda e: e not in borrowed)
-    tasks = [Task(f"select {e}", grids[e].sweep, finish=grids[e].choose) for e in order]
-    tasks += [final_task(e, source, seeds) for e, (source, seeds) in finals.items()]
+    tasks = [final_task(e, source, seeds) for e, (source, seeds) in finals.items() if source in on_disk]
+    for source in sorted(grids, key=lambda e: e not in borrowed):
+        tasks.append(Task(f"select {source}", grids[source].sweep, finish=grids[source].choose))
+        waiting = [e for e, (used, _s) in finals.items() if used == source]
+        tasks += [final_task(e, source, finals[e][1]) for e in sorted(waiting, key=lambda e: e == source)]
     run_tasks(tasks, jobs, root / "selection" / "logs")
     return {e: record_of(source) for e, (source, _s) in finals.items()}
 
