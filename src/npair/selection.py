@@ -299,7 +299,14 @@ class Selection:
                     )
                 score = read_score(run_dir, self.settings.metric)
                 per_seed.append(score)
-                scores.append({"value": value, "seed": seed, "score": score, "run_dir": str(run_dir)})
+                scores.append(
+                    {
+                        "value": value,
+                        "seed": seed,
+                        "score": score,
+                        "run_dir": str(run_dir.relative_to(self.root)),
+                    }
+                )
             means[str(value)] = float(np.mean(per_seed))
         sign = 1.0 if self.settings.higher_is_better else -1.0
         best = max(range(len(self.grid.values)), key=lambda i: (sign * means[str(self.grid.values[i])], -i))
