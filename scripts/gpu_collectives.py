@@ -3,10 +3,10 @@
     torchrun --standalone --nproc_per_node=1 scripts/gpu_collectives.py --device cuda --result out.json
 
 Joins the process group with the backend ``trainer.ddp.backend=auto`` picks (nccl on CUDA, gloo on CPU),
-then: all_reduce, all_gather (what npair.distributed gathers N-pair negatives with), broadcast_object_list
-and all_gather_object (what npair.ddp hands rank 0's results and every rank's RNG state around with), and
+then: all_reduce, all_gather (what npair.collectives gathers N-pair negatives with), broadcast_object_list
+and all_gather_object (what npair.collectives hands rank 0's results and every rank's RNG state around with), and
 a few DistributedDataParallel steps of the small conv net under the N-pair-mc loss. Rank 0 writes the
-JSON result. It exists because ``trainer=ddp`` in one process trains without DDP (npair.ddp.setup), so a
+JSON result. It exists because ``trainer=ddp`` in one process trains without DDP (npair.run_context.setup), so a
 one-GPU machine exercises the process group only here.
 """
 

@@ -30,7 +30,7 @@ TABLE_DIR = CONFIG_DIR / "table"
 EXPERIMENTS = sorted(p.relative_to(EXPERIMENT_DIR).with_suffix("").as_posix()
                      for p in EXPERIMENT_DIR.rglob("*.yaml"))
 SPEC_FILES = sorted(p.stem for p in TABLE_DIR.glob("*.yaml"))
-LAPTOP_PREFIXES = ("mini", "ablation", "smoke")  # tables on embedded data; every other spec is a full-scale table
+LAPTOP_PREFIXES = ("mini", "ablation", "smoke", "claim_check")  # embedded data; every other spec: full scale
 
 # The paper's images per batch for each full table (paper.md §3.1, the LFW-table caption) and the two rows
 # that break the LFW table's fixed 384.

@@ -86,8 +86,8 @@ def ref_tf_reg(emb, m, lam=LAM):
     return 0.25 * lam * (ma + mp)
 
 
-def ref_npair_mc(emb, m, symmetric=False):
-    """Paper Eq. 4 per positive slot, averaged over slots 2..M (the documented N×M generalisation)."""
+def ref_npair_mc(emb, m, symmetric=False, tau=1.0):
+    """Paper Eq. 4 per positive slot, averaged over slots 2..M (the documented N×M form); logits / τ."""
     n = emb.shape[0] // m
     total = 0.0
     for slot in range(1, m):
@@ -101,14 +101,14 @@ def ref_npair_mc(emb, m, symmetric=False):
                 inner = 0.0
                 for j in range(n):
                     if j != i:
-                        inner = inner + torch.exp(dot(A[i], P[j]) - dot(A[i], P[i]))
+                        inner = inner + torch.exp((dot(A[i], P[j]) - dot(A[i], P[i])) / tau)
                 s = s + torch.log(1 + inner)
             per_dir.append(s / n)
         total = total + sum(per_dir) / len(per_dir)
     return total / (m - 1)
 
 
-def ref_npair_ovo(emb, m):
+def ref_npair_ovo(emb, m, tau=1.0):
     n = emb.shape[0] // m
     total = 0.0
     for slot in range(1, m):
@@ -117,18 +117,34 @@ def ref_npair_ovo(emb, m):
             for j in range(n):
                 if j != i:
                     fi, fjp, fip = emb[i * m], emb[j * m + slot], emb[i * m + slot]
-                    s = s + torch.log(1 + torch.exp(dot(fi, fjp) - dot(fi, fip)))
+                    s = s + torch.log(1 + torch.exp((dot(fi, fjp) - dot(fi, fip)) / tau))
         total = total + s / n
     return total / (m - 1)
 
 
-def ref_tuplet(emb, n):
+def ref_tuplet(emb, n, tau=1.0):
     s = 0.0
     for i in range(n):
         row = emb[i * (n + 1) : (i + 1) * (n + 1)]
         a, p, negs = row[0], row[1], row[2:]
-        s = s + torch.log(1 + sum(torch.exp(dot(a, x) - dot(a, p)) for x in negs))
+        s = s + torch.log(1 + sum(torch.exp((dot(a, x) - dot(a, p)) / tau) for x in negs))
     return s / n
+
+
+def ref_npair_all_anchors(emb, labels, tau=1.0, normalize=False):
+    """Every image an anchor: mean over ordered same-class pairs (a, p), a ≠ p, of
+    log(1 + Σ_{n of another class} exp((x_aᵀx_n − x_aᵀx_p)/τ))."""
+    x = [normalized(e) if normalize else e for e in emb]
+    lab = labels.tolist()
+    terms = []
+    for a in range(len(x)):
+        for p in range(len(x)):
+            if a == p or lab[a] != lab[p]:
+                continue
+            negatives = [k for k in range(len(x)) if lab[k] != lab[a]]
+            inner = sum(torch.exp((dot(x[a], x[k]) - dot(x[a], x[p])) / tau) for k in negatives)
+            terms.append(torch.log(1 + inner))
+    return sum(terms) / len(terms)
 
 
 def ref_triplet(emb, margin, normalize):
@@ -421,6 +437,184 @@ def test_regulariser_forms_equal_pml_lp_regularizer(form, power, factor):
         embedding_reg_weight=0.02 * factor,
     )(emb, labels)
     torch.testing.assert_close(ours, theirs)
+
+
+# ------------------------------------------------------------------------------------------
+# loss options: temperature, normalised forms, all anchors, exact-distance mining
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_npair_mc_temperature_matches_reference(m, tau, normalize):
+    emb, labels = class_block_batch(n=5, m=m, d=4, seed=30 + m, scale=2.0)
+    loss = NPairMCLoss(reg_weight=0.0, temperature=tau, normalize_embeddings=normalize)
+
+    def ref(e):
+        return ref_npair_mc(e / e.norm(dim=1, keepdim=True) if normalize else e, m, tau=tau)
+
+    assert_matches(lambda e: loss(e, labels), ref, emb)
+
+
+def test_npair_mc_temperature_with_symmetric_and_regulariser_matches_reference():
+    emb, labels = class_block_batch(n=6, m=2, d=5, seed=41, scale=3.0)
+    loss = NPairMCLoss(reg_weight=LAM, temperature=0.3, symmetric=True)
+
+    def ref(e):
+        return ref_npair_mc(e, 2, symmetric=True, tau=0.3) + ref_tf_reg(e, 2)
+
+    assert_matches(lambda e: loss(e, labels), ref, emb)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("tau,normalize", [(1.0, False), (0.2, False), (0.05, True), (1.0, True)])
+def test_npair_mc_all_anchors_matches_reference(m, tau, normalize):
+    scale = 1.0 if normalize else tau  # logits of O(1)
+    emb, labels = class_block_batch(n=4, m=m, d=4, seed=50 + m, scale=scale)
+    loss = NPairMCLoss(reg_weight=0.0, anchors="all", temperature=tau, normalize_embeddings=normalize)
+    assert_matches(lambda e: loss(e, labels), lambda e: ref_npair_all_anchors(e, labels, tau, normalize), emb)
+
+
+def test_npair_mc_all_anchors_counts_every_image_as_anchor():
+    # M = 2: 2N anchors with 2N − 2 negatives each; the paper's form has N anchors with N − 1 negatives.
+    emb, labels = class_block_batch(n=5, m=2, d=3, seed=55)
+    e = emb.clone().requires_grad_(True)
+    NPairMCLoss(reg_weight=0.0, anchors="all")(e, labels).backward()
+    assert bool((e.grad.abs().sum(dim=1) > 0).all())
+    first = emb.clone().requires_grad_(True)
+    NPairMCLoss(reg_weight=0.0)(first, labels).backward()
+    torch.testing.assert_close(NPairMCLoss(reg_weight=0.0)(emb, labels), ref_npair_mc(emb, 2))
+    assert not torch.allclose(NPairMCLoss(reg_weight=0.0, anchors="all")(emb, labels), ref_npair_mc(emb, 2))
+
+
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("tau,normalize", [(0.25, False), (0.1, True)])
+def test_npair_ovo_temperature_and_normalised_form_match_reference(m, tau, normalize):
+    scale = 2.0 if normalize else 0.5  # logits of O(1)
+    emb, labels = class_block_batch(n=5, m=m, d=4, seed=60 + m, scale=scale)
+    loss = NPairOVOLoss(reg_weight=0.0, temperature=tau, normalize_embeddings=normalize)
+
+    def ref(e):
+        return ref_npair_ovo(e / e.norm(dim=1, keepdim=True) if normalize else e, m, tau=tau)
+
+    assert_matches(lambda e: loss(e, labels), ref, emb)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_tuplet_temperature_matches_reference(n):
+    emb, labels = tuplet_batch(n, d=4, seed=70 + n)
+    loss = TupletLoss(reg_weight=0.0, temperature=0.2)
+    assert_matches(lambda e: loss(e, labels), lambda e: ref_tuplet(e, n, tau=0.2), emb)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (NPairMCLoss(temperature=0.3, normalize_embeddings=True), *class_block_batch(4, 2, 3, 80)),
+        lambda: (NPairMCLoss(anchors="all", temperature=0.5), *class_block_batch(3, 3, 3, seed=81)),
+        lambda: (
+            NPairMCLoss(anchors="all", temperature=0.2, normalize_embeddings=True),
+            *class_block_batch(4, 2, 3, seed=82),
+        ),
+        lambda: (NPairOVOLoss(temperature=0.4, normalize_embeddings=True), *class_block_batch(4, 2, 3, 83)),
+        lambda: (TupletLoss(temperature=0.5), *tuplet_batch(3, 3, seed=84)),
+    ],
+)
+def test_gradcheck_of_the_loss_options(make):
+    loss, emb, labels = make()
+    e = emb.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: loss(x, labels), (e,), eps=1e-6, atol=1e-5)
+
+
+def _value_and_grad_pair(ours_fn, theirs_fn, emb):
+    e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+    ours, theirs = ours_fn(e1), theirs_fn(e2)
+    ours.backward()
+    theirs.backward()
+    return ours, theirs, e1.grad, e2.grad
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("tau", [0.05, 0.1, 0.5])
+def test_normalised_all_anchors_equals_pytorch_metric_learning_ntxent(m, tau):
+    from pytorch_metric_learning.losses import NTXentLoss
+
+    emb, labels = class_block_batch(n=6, m=m, d=8, seed=90 + m, scale=2.0)
+    ours_loss = NPairMCLoss(reg_weight=0.0, anchors="all", normalize_embeddings=True, temperature=tau)
+    ours, theirs, g1, g2 = _value_and_grad_pair(lambda e: ours_loss(e, labels),
+                                                lambda e: NTXentLoss(temperature=tau)(e, labels), emb)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.2])
+def test_normalised_all_anchors_at_m2_equals_pytorch_metric_learning_supcon(tau):
+    from pytorch_metric_learning.losses import SupConLoss
+
+    emb, labels = class_block_batch(n=7, m=2, d=8, seed=97, scale=3.0)
+    ours_loss = NPairMCLoss(reg_weight=0.0, anchors="all", normalize_embeddings=True, temperature=tau)
+    ours, theirs, g1, g2 = _value_and_grad_pair(lambda e: ours_loss(e, labels),
+                                                lambda e: SupConLoss(temperature=tau)(e, labels), emb)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.3])
+def test_normalised_paper_anchors_with_temperature_equal_pml_npairs_on_scaled_unit_vectors(tau):
+    # PML's NPairsLoss has no temperature; (x/‖x‖/√τ)ᵀ(y/‖y‖/√τ) = cos/τ gives the same logits.
+    from pytorch_metric_learning.distances import DotProductSimilarity
+    from pytorch_metric_learning.losses import NPairsLoss
+
+    emb, labels = class_block_batch(n=8, m=2, d=6, seed=98, scale=2.0)
+    ours_loss = NPairMCLoss(reg_weight=0.0, normalize_embeddings=True, temperature=tau)
+    pml = NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False))
+    ours, theirs, g1, g2 = _value_and_grad_pair(
+        lambda e: ours_loss(e, labels), lambda e: pml(F.normalize(e, dim=1) / math.sqrt(tau), labels), emb)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-9)
+
+
+def test_default_temperature_leaves_the_logits_untouched():
+    # τ = 1 must compute exactly what the losses computed before the option existed (bit for bit).
+    emb, labels = class_block_batch(n=6, m=2, d=5, seed=99, scale=4.0)
+    emb = emb.float()
+    s = torch.einsum("id,jd->ij", emb.view(6, 2, 5)[:, 0], emb.view(6, 2, 5)[:, 1])
+    plain = F.cross_entropy(s, torch.arange(6)) + 0.5 * LAM * emb.pow(2).sum(1).mean()
+    assert torch.equal(NPairMCLoss()(emb, labels), plain)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("inf"), float("nan")])
+def test_temperature_must_be_positive_and_finite(bad):
+    for make in (NPairMCLoss, NPairOVOLoss, TupletLoss):
+        with pytest.raises(ValueError, match="temperature"):
+            make(temperature=bad)
+
+
+def test_anchor_option_is_checked():
+    with pytest.raises(ValueError, match="anchors='every'"):
+        NPairMCLoss(anchors="every")
+    with pytest.raises(ValueError, match="symmetric=true applies to anchors=first"):
+        NPairMCLoss(anchors="all", symmetric=True)
+
+
+@pytest.mark.parametrize("mining", ["semihard", "hardest"])
+def test_triplet_nm_mines_from_exact_distances_at_large_norms(mining):
+    # Unnormalised embeddings with norms near 2000: a common offset changes no distance, so it must change
+    # neither the mined negatives nor the loss; and both must match the float64 reference.
+    g = torch.Generator().manual_seed(7)
+    n, m, d = 10, 3, 16
+    labels = torch.arange(n).repeat_interleave(m)
+    centres = 0.3 * torch.randn(n, 1, d, generator=g, dtype=torch.float64)  # distances of O(1) ...
+    base = (centres + 0.2 * torch.randn(n, m, d, generator=g, dtype=torch.float64)).view(-1, d)
+    offset = torch.full((d,), 2000.0 / math.sqrt(d), dtype=torch.float64)  # ... at norms near 2000
+    loss = TripletNMLoss(margin=1.0, normalize_embeddings=False, mining=mining)
+    for x in (base, base + offset):
+        expected = ref_triplet_nm(x, labels, 1.0, mining, normalize=False)
+        ours = loss(x.float(), labels)
+        torch.testing.assert_close(ours.double(), expected, rtol=1e-3, atol=1e-3)
+    shifted = loss((base + offset).float(), labels)
+    torch.testing.assert_close(loss(base.float(), labels), shifted, rtol=1e-3, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------

@@ -19,18 +19,20 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 
 from npair import checkpoint as ckpt
 from npair.configuration import CONFIG_DIR, register_resolvers
 from npair.data.base import DatasetSplits
+from npair.data.validation import carve_validation
 from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
 from npair.models import build_model
 from npair.models.batchnorm import sync_batchnorm
 from npair.probe import Probe
 from npair.runio import CHECKPOINT_FILE, config_hash, git_commit, locate_data_dir, rebase_data_dir
+from npair.samplers import current_model_embedder
 from npair.stream import BatchStream, SkippingBatchSampler
 
 
@@ -95,6 +97,23 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def build_splits(cfg: DictConfig) -> DatasetSplits:
+    """The dataset's splits; with ``dataset.validation`` set, the test split is replaced by validation
+    classes carved from the training classes (npair.data.validation), for hyperparameter selection."""
+    splits: DatasetSplits = instantiate(cfg.dataset.build)
+    return carve_validation(splits, cfg.dataset.get("validation"))
+
+
+def build_probe(cfg: DictConfig, train: Dataset) -> Probe | None:
+    """The training-curve probe (``trainer.probe_classes`` classes × 2 images; none when 0), scored on
+    ``trainer.probe_similarity`` (inner_product: the paper's figure; cosine: for normalised models)."""
+    trainer = cfg.trainer
+    if not trainer.probe_classes:
+        return None
+    similarity = str(trainer.get("probe_similarity", "inner_product"))
+    return Probe(train, int(trainer.probe_classes), int(cfg.seed), similarity)
+
+
 def build_train_model(cfg: DictConfig, device: torch.device, sync_bn: bool) -> tuple[nn.Module, bool]:
     """The embedding model on ``device`` (BatchNorm over the global batch when ``sync_bn``), and whether
     it runs channels_last (``trainer.channels_last``: auto = on CUDA)."""
@@ -119,18 +138,9 @@ def build_sampler(cfg: DictConfig, splits: DatasetSplits, per_rank_batch: dict[s
 def attach_embedder(sampler: Any, model: nn.Module, dataset: Dataset, trainer: DictConfig,
                     device: torch.device) -> None:
     """Hard negative class mining embeds its candidates with the live model: give the sampler that
-    function (other samplers have no ``set_embedder``)."""
-    if not hasattr(sampler, "set_embedder"):
-        return
-
-    def embed_items(indices: np.ndarray) -> Tensor:
-        subset = torch.utils.data.Subset(dataset, [int(i) for i in indices])
-        embedded = embed_dataset(model, subset, batch_size=int(trainer.eval_batch_size), device=device,
-                                 num_workers=int(trainer.num_workers))
-        model.train()
-        return torch.from_numpy(embedded.embeddings)
-
-    sampler.set_embedder(embed_items)
+    function (other samplers have no ``set_embedder``); no DataLoader is built per refresh."""
+    if hasattr(sampler, "set_embedder"):
+        sampler.set_embedder(current_model_embedder(model, dataset, device, int(trainer.eval_batch_size)))
 
 
 def batch_stream(dataset: Dataset, sampler: Any, trainer: DictConfig, device: torch.device,
@@ -228,7 +238,7 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, cfg: Dic
     if cfg is None:
         cfg = OmegaConf.create(state["config"])
         cfg = rebase_data_dir(cfg, data_dir if data_dir is not None else locate_data_dir(cfg, run_dir))
-    splits: DatasetSplits = instantiate(cfg.dataset.build)
+    splits = build_splits(cfg)
     model = build_model(cfg.backbone, int(cfg.dataset.embedding_dim))
     loss_fn = build_loss(cfg, splits)
     for module, key in ((model, "model"), (loss_fn, "loss")):

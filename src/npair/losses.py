@@ -234,6 +234,28 @@ def _maybe_normalize(x: Tensor, normalize: bool) -> Tensor:
     return F.normalize(x, p=2, dim=-1) if normalize else x
 
 
+def exact_distances(x: Tensor) -> Tensor:
+    """(B, B) Euclidean distances ‖x_i − x_j‖ from float64 differences (no matrix-product expansion).
+
+    Monotone in the squared distance, so it ranks candidates exactly as ‖x_i − x_j‖² does; for ranking only
+    (no gradient).
+    """
+    xd = x.detach().double()
+    return torch.cdist(xd, xd, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """Logits s/τ; τ = 1 returns ``logits`` itself, so the default computes exactly what it did without τ."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def _check_temperature(temperature: float) -> float:
+    value = float(temperature)
+    if not (value > 0.0 and math.isfinite(value)):
+        raise ValueError(f"temperature={temperature!r} must be a finite number > 0 (1 = the paper's logits)")
+    return value
+
+
 # --------------------------------------------------------------------------------------------
 # Pair / triplet baselines
 # --------------------------------------------------------------------------------------------
@@ -309,6 +331,11 @@ class TripletNMLoss(_EmbeddingLoss):
     * ``hardest``: argmin_n d(a,n).
 
     L = mean over (a, p) of max(0, d(a, p) − d(a, n) + m).
+
+    Mining ranks exact distances (:func:`exact_distances`: float64 differences, not the float32 expansion
+    ‖x‖² + ‖y‖² − 2xᵀy, which loses every digit of a distance between unnormalised embeddings whose norms
+    are large compared with it), so the choice of negative does not change when a common offset, which
+    changes no distance, is added to every embedding.
     """
 
     layout = "class_blocks"
@@ -335,9 +362,7 @@ class TripletNMLoss(_EmbeddingLoss):
         eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         a_idx, p_idx = torch.nonzero(same & ~eye, as_tuple=True)
         with torch.no_grad():
-            xf = x.detach().float()
-            sq = xf.pow(2).sum(1)
-            dist = (sq[:, None] + sq[None, :] - 2.0 * xf @ xf.T).clamp_min(0.0)
+            dist = exact_distances(x.detach())
             d_an = dist[a_idx]  # (P, B)
             neg = ~same[a_idx]
             inf = torch.tensor(float("inf"), device=dist.device)
@@ -362,23 +387,26 @@ class TupletLoss(_EmbeddingLoss):
 
     Row i of the batch is [f_i, f_i⁺, f⁻_{i,1}, ..., f⁻_{i,N-1}] with its own N-1 negative examples:
 
-        L = (1/N) Σ_i log(1 + Σ_{k=1}^{N-1} exp(f_iᵀf⁻_{i,k} − f_iᵀf_i⁺))
-          = (1/N) Σ_i CE(logits [f_iᵀf_i⁺, f_iᵀf⁻_{i,1}, ...], target 0)
+        L = (1/N) Σ_i log(1 + Σ_{k=1}^{N-1} exp((f_iᵀf⁻_{i,k} − f_iᵀf_i⁺)/τ))
+          = (1/N) Σ_i CE(logits [f_iᵀf_i⁺, f_iᵀf⁻_{i,1}, ...]/τ, target 0)
 
     At N = 2 this is log(1 + exp(fᵀf⁻ − fᵀf⁺)). Unnormalised inner products + L2 regulariser, as
-    N-pair.
+    N-pair; ``temperature`` τ (default 1, the paper's logits) divides the logits, as in :class:`NPairMCLoss`.
     """
 
     layout = "tuplets"
 
-    def __init__(self, reg_weight: float = 0.002, reg_form: RegForm = "tf_npairs") -> None:
+    def __init__(
+        self, reg_weight: float = 0.002, reg_form: RegForm = "tf_npairs", temperature: float = 1.0
+    ) -> None:
         super().__init__(reg_weight, reg_form)
+        self.temperature = _check_temperature(temperature)
 
     def _loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         rows = split_tuplets(embeddings, labels)  # (N, N+1, D)
         logits = torch.einsum("nd,nkd->nk", rows[:, 0], rows[:, 1:])  # (N, N): col 0 = positive
         target = torch.zeros(rows.shape[0], dtype=torch.long, device=embeddings.device)
-        return F.cross_entropy(logits, target)
+        return F.cross_entropy(_scaled(logits, self.temperature), target)
 
 
 def _npair_logits(embeddings: Tensor, labels: Tensor) -> Tensor:
@@ -388,6 +416,24 @@ def _npair_logits(embeddings: Tensor, labels: Tensor) -> Tensor:
     """
     blocks = split_class_blocks(embeddings, labels)  # (N, M, D)
     return torch.einsum("id,jmd->mij", blocks[:, 0], blocks[:, 1:])
+
+
+def _all_anchor_npair_loss(embeddings: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    """Every image an anchor, every other-class image a negative (:class:`NPairMCLoss`, ``anchors="all"``).
+
+    For each ordered same-class pair (a, p), a ≠ p, with s = xᵀy/τ and Neg(a) = the images of other classes:
+
+        ℓ(a, p) = log(1 + Σ_{n ∈ Neg(a)} exp(s_an − s_ap)) = softplus(logsumexp_{n ∈ Neg(a)} s_an − s_ap)
+
+    and the loss is the mean of ℓ over all such pairs (2N pairs at M = 2).
+    """
+    split_class_blocks(embeddings, labels)  # validation only
+    s = _scaled(embeddings @ embeddings.T, temperature)
+    same = labels[:, None] == labels[None, :]
+    neg_lse = torch.logsumexp(s.masked_fill(same, -math.inf), dim=1)  # (B,): every anchor has negatives
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    a_idx, p_idx = torch.nonzero(same & ~eye, as_tuple=True)
+    return F.softplus(neg_lse[a_idx] - s[a_idx, p_idx]).mean()
 
 
 class NPairMCLoss(_EmbeddingLoss):
@@ -409,15 +455,29 @@ class NPairMCLoss(_EmbeddingLoss):
     Each term is an N-way softmax over N distinct classes, so N keeps the paper's meaning;
     at M = 2 it is exactly Eq. 4.
 
-    ``symmetric=True`` also uses the positives as anchors (rows f_{j,m}, columns the anchors f_i)
-    and returns the mean of the two directions; ``False`` is the paper / TF form.
-    ``normalize_embeddings=True`` L2-normalises the embeddings first, so the logits are cosines in
-    [-1, 1] (pytorch-metric-learning's default form, not the paper's; an ablation of the open choices).
-    ``gather_across_ranks=True`` computes the loss over the batches of all ranks (see
-    :mod:`npair.distributed`).
+    Options (each default is the paper's form):
+
+    * ``temperature`` τ: every logit f_iᵀf_j⁺ becomes f_iᵀf_j⁺/τ (default 1: the paper's logits).
+    * ``normalize_embeddings=True``: L2-normalise first, so the logits are cosines/τ. With a temperature
+      this is the single-positive form of what later papers call InfoNCE (van den Oord et al. 2018,
+      "Representation Learning with Contrastive Predictive Coding"), NT-Xent (Chen et al. 2020, SimCLR) and
+      the supervised contrastive loss (Khosla et al. 2020): each anchor's own positive against the
+      positives of the other classes, as a softmax over cosine/τ. pytorch-metric-learning's ``NPairsLoss``
+      default is this form at τ = 1 (docs/paper.md §7).
+    * ``anchors="all"``: every image of the batch is an anchor and every image of another class a negative,
+      the form of Roth et al.'s ``npair`` criterion (docs/metrics.md §4.7):
+      L = mean over ordered same-class pairs (a, p), a ≠ p, of log(1 + Σ_{n: y_n ≠ y_a} exp(s_an − s_ap)),
+      s = xᵀy/τ. At M = 2 this has 2N anchors with 2N−2 negatives each, against the paper's N anchors with
+      N−1 negatives. Normalised, it is pytorch-metric-learning's ``NTXentLoss(temperature=τ)`` for any M
+      and ``SupConLoss(temperature=τ)`` at M = 2 (tested). ``"first"`` (default) is the paper's anchors.
+    * ``symmetric=True`` (``anchors="first"`` only) also uses the positives as anchors (rows f_{j,m},
+      columns the anchors f_i) and returns the mean of the two directions; ``False`` is the paper / TF form.
+    * ``gather_across_ranks=True`` computes the loss over the batches of all ranks (see
+      :mod:`npair.collectives`).
     """
 
     layout = "class_blocks"
+    ANCHORS = ("first", "all")
 
     def __init__(
         self,
@@ -426,15 +486,26 @@ class NPairMCLoss(_EmbeddingLoss):
         symmetric: bool = False,
         gather_across_ranks: bool = False,
         normalize_embeddings: bool = False,
+        temperature: float = 1.0,
+        anchors: Literal["first", "all"] = "first",
     ) -> None:
         super().__init__(reg_weight, reg_form, gather_across_ranks)
+        if anchors not in self.ANCHORS:
+            raise ValueError(f"anchors={anchors!r} must be one of {self.ANCHORS} (first: the paper's)")
+        if anchors == "all" and symmetric:
+            raise ValueError("symmetric=true applies to anchors=first only: with anchors=all every image is "
+                             "already an anchor; set loss.symmetric=false")
         self.symmetric = bool(symmetric)
         self.normalize_embeddings = bool(normalize_embeddings)
+        self.temperature = _check_temperature(temperature)
+        self.anchors = anchors
 
     def _loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         if self.normalize_embeddings:
             embeddings = F.normalize(embeddings, dim=1)
-        s = _npair_logits(embeddings, labels)  # (M-1, N, N)
+        if self.anchors == "all":
+            return _all_anchor_npair_loss(embeddings, labels, self.temperature)
+        s = _scaled(_npair_logits(embeddings, labels), self.temperature)  # (M-1, N, N)
         m1, n, _ = s.shape
         target = torch.arange(n, device=embeddings.device).repeat(m1)
         loss = F.cross_entropy(s.reshape(m1 * n, n), target)
@@ -442,15 +513,20 @@ class NPairMCLoss(_EmbeddingLoss):
             loss = 0.5 * (loss + F.cross_entropy(s.transpose(1, 2).reshape(m1 * n, n), target))
         return loss
 
+    def extra_repr(self) -> str:
+        return (f"anchors={self.anchors!r}, temperature={self.temperature}, "
+                f"normalize_embeddings={self.normalize_embeddings}, symmetric={self.symmetric}")
+
 
 class NPairOVOLoss(_EmbeddingLoss):
     """One-vs-one N-pair loss, N-pair-ovo (paper Eq. 5), layout "class_blocks".
 
-        L = (1/N) Σ_i Σ_{j≠i} log(1 + exp(f_iᵀf_j⁺ − f_iᵀf_i⁺))
+        L = (1/N) Σ_i Σ_{j≠i} log(1 + exp((f_iᵀf_j⁺ − f_iᵀf_i⁺)/τ))
 
     (a sum of N-1 binary logistic terms per anchor instead of one N-way softmax), plus the L2
     regulariser. N×M: the same generalisation as :class:`NPairMCLoss` (mean over positive slots
-    m = 2..M with anchor = image 1), exact at M = 2.
+    m = 2..M with anchor = image 1), exact at M = 2. ``temperature`` τ (default 1, the paper's logits) and
+    ``normalize_embeddings`` (default false, the paper's inner products) as in :class:`NPairMCLoss`.
     """
 
     layout = "class_blocks"
@@ -460,15 +536,22 @@ class NPairOVOLoss(_EmbeddingLoss):
         reg_weight: float = 0.002,
         reg_form: RegForm = "tf_npairs",
         gather_across_ranks: bool = False,
+        normalize_embeddings: bool = False,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__(reg_weight, reg_form, gather_across_ranks)
+        self.normalize_embeddings = bool(normalize_embeddings)
+        self.temperature = _check_temperature(temperature)
 
     def _loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if self.normalize_embeddings:
+            embeddings = F.normalize(embeddings, dim=1)
         s = _npair_logits(embeddings, labels)  # (M-1, N, N)
         if s.dtype in (torch.bfloat16, torch.float16):
             s = s.float()  # softplus of logit differences in fp32 under autocast
+        s = _scaled(s, self.temperature)
         n = s.shape[-1]
-        margin = s - torch.diagonal(s, dim1=1, dim2=2)[..., None]  # f_iᵀf_j⁺ − f_iᵀf_i⁺
+        margin = s - torch.diagonal(s, dim1=1, dim2=2)[..., None]  # (f_iᵀf_j⁺ − f_iᵀf_i⁺)/τ
         off = ~torch.eye(n, dtype=torch.bool, device=s.device)
         return (F.softplus(margin) * off).sum(dim=2).mean()
 

@@ -30,14 +30,18 @@ def batch_accuracy(embeddings: Tensor, layout: str, n_per_class: int) -> float |
 
 class Probe:
     """A fixed batch of N training classes × 2 images, scored the way the paper's training-curve figure
-    measures every model (paper.md §5.5): N-way and 2-way ("triplet") accuracy and loss on inner products.
+    measures every model (paper.md §5.5): N-way and 2-way ("triplet") accuracy and loss on inner products
+    (``trainer.probe_similarity=cosine``: on cosines, for models trained on normalised embeddings).
 
     N-way: anchor i is right when its own positive is the most similar of the N positives; the N-way loss
     is the N-pair-mc loss without regulariser. 2-way: anchor i against its positive and the positive of
     class i+1 (mod N); the 2-way loss is log(1 + exp(f·f⁻ − f·f⁺)).
     """
 
-    def __init__(self, dataset: Any, n_classes: int, seed: int) -> None:
+    def __init__(self, dataset: Any, n_classes: int, seed: int, similarity: str = "inner_product") -> None:
+        if similarity not in ("inner_product", "cosine"):
+            raise ValueError(f"trainer.probe_similarity={similarity!r}: use inner_product or cosine")
+        self.cosine = similarity == "cosine"
         labels = np.asarray(dataset.labels)
         rng = np.random.default_rng(seed + 7919)
         eligible = [c for c in np.unique(labels) if np.sum(labels == c) >= 2]
@@ -53,6 +57,8 @@ class Probe:
         model.eval()
         emb = model(self.images.to(device)).float().view(self.n, 2, -1)
         model.train(was_training)
+        if self.cosine:
+            emb = nn.functional.normalize(emb, dim=-1)
         scores = emb[:, 0] @ emb[:, 1].T
         target = torch.arange(self.n, device=scores.device)
         pos, neg = scores.diagonal(), scores[target, (target + 1) % self.n]

@@ -37,9 +37,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
+from torch.utils.data import Sampler, default_collate
 
 from npair import collectives as npd
+from npair.stream import fetch_batch
 
 SmallClassPolicy = Literal["error", "drop", "replace"]
 EpochLength = Literal["classes", "images"] | int
@@ -50,6 +51,7 @@ __all__ = [
     "PairSampler",
     "TripletSampler",
     "TupletSampler",
+    "current_model_embedder",
 ]
 
 
@@ -453,13 +455,17 @@ class HardNegativeClassSampler(_BaseBatchSampler):
 
     Works with every "class_blocks" loss (N-pair-mc, N-pair-ovo, triplet-nm — the paper's "-nm"
     rows). Iterating before :meth:`set_embedder` raises ``RuntimeError``. Batches depend on seed,
-    epoch and the model. Unlike :class:`NPairSampler` an epoch does not promise to show every class
+    epoch and the model. ``needs_current_model = True`` tells :class:`npair.stream.BatchStream` to draw each
+    batch only when the step that uses it asks for it, so the candidates are embedded with the model of that
+    step (no DataLoader prefetch lag; :func:`current_model_embedder` is the embedder the training loop sets).
+    Unlike :class:`NPairSampler` an epoch does not promise to show every class
     in a batch (every class is a *candidate* at least once per epoch when ``len(self)·C /
     refresh_every`` ≥ the number of classes). Under DDP the ranks must compute identical candidate
     embeddings (same model, deterministic kernels) or their class slices may overlap.
     """
 
     layout = "class_blocks"
+    needs_current_model = True
 
     def __init__(
         self,
@@ -577,3 +583,25 @@ class HardNegativeClassSampler(_BaseBatchSampler):
                 cand_emb = self._embed(idx).view(len(cand_classes), self.n_candidate_examples, -1)
             picks = self.select_classes(cand_emb, self.classes_per_batch, rng)
             yield self._shard([pools.draw(cand_classes[p], self.n_per_class) for p in picks])
+
+
+def current_model_embedder(model: torch.nn.Module, dataset: Any, device: torch.device | str,
+                           batch_size: int = 512) -> Callable[[np.ndarray], Tensor]:
+    """``fn(indices) -> (n, D)`` for :meth:`HardNegativeClassSampler.set_embedder`: the dataset items embedded
+    by ``model`` as it is when ``fn`` is called (eval mode, no gradient, chunks of ``batch_size``; the
+    training mode is restored). Items are loaded in this process: no DataLoader is built per refresh."""
+    def embed(indices: np.ndarray) -> Tensor:
+        was_training = model.training
+        model.eval()
+        out = []
+        try:
+            with torch.no_grad():
+                for start in range(0, len(indices), int(batch_size)):
+                    chunk = [int(i) for i in indices[start : start + int(batch_size)]]
+                    images, _ = fetch_batch(dataset, chunk, default_collate)
+                    out.append(model(images.to(device)).float().cpu())
+        finally:
+            model.train(was_training)
+        return torch.cat(out)
+
+    return embed

@@ -5,6 +5,13 @@ the epoch and how many of its batches were consumed. Resuming re-iterates that e
 skips the consumed batches at the index level (no image is loaded for them), and restores the
 DataLoader generator as it was when the epoch started, so the loader draws the same worker seeds.
 
+Samplers that choose batches with the live model (hard negative class mining, ``needs_current_model``):
+a DataLoader with workers draws batch indices ``prefetch_factor × num_workers`` batches ahead of the step that
+uses them (4 steps with 2 workers, 16 with 8), so the classes would be mined with an older model. For such
+a sampler the stream draws each batch's indices when that batch is requested, i.e. right after the previous
+optimiser step, and loads its images in the main process with the loader's dataset and collate function
+(the DataLoader's own workers are never started): the lag is 0 steps whatever ``trainer.num_workers`` is.
+
 Exactness: the resumed stream yields the very batches the uninterrupted run would have. Random data
 augmentation is reproduced exactly when it runs in the main process (``trainer.num_workers=0``: the
 torch RNG is restored from the checkpoint); in worker processes it restarts from the epoch's worker
@@ -44,8 +51,19 @@ class SkippingBatchSampler(Sampler[list[int]]):
         return itertools.islice(iter(self.sampler), self._skip, None)
 
 
+def fetch_batch(dataset: Any, indices: list[int], collate_fn: Any) -> Any:
+    """Load one batch in this process, as a single-process DataLoader does (``__getitems__`` when present)."""
+    getitems = getattr(dataset, "__getitems__", None)
+    items = getitems(indices) if getitems else [dataset[i] for i in indices]
+    return collate_fn(items)
+
+
 class BatchStream:
-    """``next(stream) -> (epoch, batch)`` forever; ``state_dict()`` is the position after the last batch."""
+    """``next(stream) -> (epoch, batch)`` forever; ``state_dict()`` is the position after the last batch.
+
+    For a sampler with ``needs_current_model = True`` the batches are drawn and loaded in this process at
+    the moment they are requested (see the module docstring), never ahead of the model.
+    """
 
     def __init__(self, loader: DataLoader, batch_sampler: SkippingBatchSampler, epoch: int = 0,
                  position: int = 0) -> None:
@@ -54,6 +72,7 @@ class BatchStream:
         if loader.generator is None:
             raise ValueError("the DataLoader needs an explicit generator (its state is part of the position)")
         self.loader, self.batch_sampler = loader, batch_sampler
+        self.in_step = bool(getattr(batch_sampler.sampler, "needs_current_model", False))
         self.epoch, self.position = int(epoch), int(position)
         self._iterator: Iterator[Any] | None = None
         self._generator_at_epoch_start: Tensor | None = None
@@ -69,7 +88,7 @@ class BatchStream:
                     sampler.set_epoch(self.epoch)
                 self.batch_sampler.skip_next(self.position)
                 self._generator_at_epoch_start = self.loader.generator.get_state()
-                self._iterator = iter(self.loader)
+                self._iterator = self._in_step_batches() if self.in_step else iter(self.loader)
             try:
                 batch = next(self._iterator)
             except StopIteration:
@@ -80,6 +99,11 @@ class BatchStream:
                 continue
             self.position += 1
             return self.epoch, batch
+
+    def _in_step_batches(self) -> Iterator[Any]:
+        """The epoch's batches, each drawn from the sampler and loaded only when it is requested."""
+        for indices in self.batch_sampler:
+            yield fetch_batch(self.loader.dataset, list(indices), self.loader.collate_fn)
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, batches of it consumed, and the loader generator's state when the epoch began."""

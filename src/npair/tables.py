@@ -94,6 +94,7 @@ class Row:
     paper: dict[str, float] = field(default_factory=dict)
     evaluate_with: list[str] = field(default_factory=list)
     paper_se: dict[str, float] = field(default_factory=dict)
+    select: dict[str, Any] | None = None  # a grid chosen on validation classes first (npair.selection)
 
     @property
     def eval_slug(self) -> str:
@@ -112,6 +113,7 @@ class TableSpec:
     paper_source: str | None = None
     notes: str | None = None
     curves: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None  # how select: rows are selected (npair.selection.Settings)
 
     def run_dir(self, root: Path, row: Row, seed: int) -> Path:
         """Runs are keyed by experiment and seed, so tables that share an experiment share its runs."""
@@ -148,13 +150,15 @@ def load_spec(name: str, config_dir: Path = CONFIG_DIR) -> TableSpec:
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}")
     rows = [Row(label=str(r["label"]), experiment=str(r["experiment"]), paper=dict(r.get("paper") or {}),
-                evaluate_with=list(r.get("evaluate_with") or []), paper_se=dict(r.get("paper_se") or {}))
+                evaluate_with=list(r.get("evaluate_with") or []), paper_se=dict(r.get("paper_se") or {}),
+                select=r.get("select"))
             for r in raw["rows"]]
     metrics = [m if isinstance(m, dict) else {"key": m, "label": m} for m in raw["metrics"]]
     return TableSpec(name=str(raw.get("name", name)), title=str(raw.get("title", name)), rows=rows,
                      seeds=[int(s) for s in raw["seeds"]], metrics=metrics,
                      scale=float(raw.get("scale", 100.0)), decimals=int(raw.get("decimals", 2)),
-                     paper_source=raw.get("paper_source"), notes=raw.get("notes"), curves=raw.get("curves"))
+                     paper_source=raw.get("paper_source"), notes=raw.get("notes"), curves=raw.get("curves"),
+                     selection=raw.get("selection"))
 
 
 def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictConfig:
@@ -390,11 +394,16 @@ def to_latex(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
 def write_table(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> dict[str, Path]:
     """Write ``<root>/tables/<name>.{md,csv,tex}`` and the table's figures under ``<root>/figures``."""
     from npair.plots import table_figures, training_curves
+    from npair.selection import selection_report
 
     table = collect(spec, root, lookup)
     out_dir = root / "tables"
     paths = {ext: out_dir / f"{spec.name}.{ext}" for ext in ("md", "csv", "tex")}
-    atomic_write_text(paths["md"], to_markdown(spec, table))
+    selected_md, selected_csv = selection_report(spec, root, spec.decimals)
+    atomic_write_text(paths["md"], to_markdown(spec, table) + selected_md)
+    if selected_csv:
+        paths["selection"] = out_dir / f"{spec.name}_selection.csv"
+        atomic_write_text(paths["selection"], selected_csv)
     atomic_write_text(paths["csv"], to_csv(spec, table))
     atomic_write_text(paths["tex"], to_latex(spec, table))
     for i, figure in enumerate(table_figures(paths["csv"], root / "figures")):
@@ -455,6 +464,9 @@ def main(argv: list[str] | None = None) -> None:
 
         args.jobs = 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
     if not args.no_train:
+        from npair.selection import select_and_train
+
+        select_and_train(specs, root, args.overrides, args.jobs)  # rows with select: choose, then train
         launch(missing_runs(specs, root), root, args.overrides, args.jobs)
         evaluate_missing(specs, root, args.overrides)
     for spec in specs:

@@ -22,7 +22,6 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -34,7 +33,9 @@ from npair.build import (
     autocast_dtype,
     batch_stream,
     build_loss,
+    build_probe,
     build_sampler,
+    build_splits,
     build_train_model,
     check_compatible,
     evaluate_model,
@@ -46,7 +47,7 @@ from npair.build import (
 from npair.configuration import CONFIG_DIR, register_resolvers
 from npair.data.base import DatasetSplits
 from npair.loggers import open_run_logger
-from npair.probe import Probe, batch_accuracy
+from npair.probe import batch_accuracy
 from npair.run_context import Context
 from npair.runio import CHECKPOINT_FILE
 
@@ -83,7 +84,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
 
     # ---- the run's parts, in the order in which they draw random numbers
     with collectives.main_process_first(ctx):
-        splits: DatasetSplits = instantiate(cfg.dataset.build)
+        splits: DatasetSplits = build_splits(cfg)  # with validation classes carved out for selection
     per_rank_batch = guards.per_rank_batch(cfg.sampler, ctx.world_size)  # impossible combinations fail here,
     guards.check_sampler_fits_data(cfg, splits)                          # before any file of the run exists
     model, channels_last = build_train_model(cfg, device, sync_bn=ctx.enabled and trainer.ddp.sync_batchnorm)
@@ -97,7 +98,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     attach_embedder(sampler, model, splits.train, trainer, device)  # hard negative class mining
     batches = batch_stream(splits.train, sampler, trainer, device, int(cfg.seed))
-    probe = Probe(splits.train, int(trainer.probe_classes), int(cfg.seed)) if trainer.probe_classes else None
+    probe = build_probe(cfg, splits.train)
     # Everything a checkpoint restores, by checkpoint key: saved and loaded through this one map.
     stateful = {"model": model, "loss": loss_fn, "optimizer": optimizer, "scheduler": scheduler,
                 "scaler": scaler, "sampler": sampler, "stream": batches}

@@ -74,3 +74,29 @@ def test_batched_fetch_matches_single_items(tmp_path: Path) -> None:
 def test_glyphs_bad_parameters_name_the_key(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_glyphs(tmp_path, **kwargs)
+
+
+def test_glyph_families_are_near_twins_and_default_generation_is_unchanged(tmp_path: Path) -> None:
+    # family_size = 1 is the generator as it was: same images, same cache file name as before the option
+    plain, _ = generate_glyphs(n_classes=8, images_per_class=3, seed=4)
+    assert torch.equal(plain, generate_glyphs(n_classes=8, images_per_class=3, seed=4, family_size=1)[0])
+    build_glyphs(tmp_path, n_classes=400, images_per_class=30)
+    assert [p.name for p in tmp_path.glob("glyphs-*.pt")] == ["glyphs-ab596945dd96.pt"]  # mini tables' cache
+    # families of 4: siblings look more alike than classes of other families
+    images, labels = generate_glyphs(n_classes=40, images_per_class=4, family_size=4, family_jitter=0.1)
+    assert labels.tolist() == [c for c in range(40) for _ in range(4)]
+    flat = images.float().view(40, 4, -1).mean(1)
+    flat = flat - flat.mean(-1, keepdim=True)
+    flat = flat / flat.norm(dim=-1, keepdim=True)
+    sim = flat @ flat.T
+    family = torch.arange(40) // 4
+    sibling = (family[:, None] == family[None, :]) & ~torch.eye(40, dtype=torch.bool)
+    stranger = family[:, None] != family[None, :]
+    assert sim[sibling].mean() > sim[stranger].mean() + 0.2
+    families_a = build_glyphs(tmp_path, n_classes=40, images_per_class=4, family_size=4)
+    assert families_a.num_train_classes == 20 and len(list(tmp_path.glob("glyphs-*.pt"))) == 2
+
+
+def test_glyph_families_must_not_span_the_split(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="family_size=4 must be >= 1 and divide the 10 training"):
+        build_glyphs(tmp_path, n_classes=20, images_per_class=2, family_size=4)

@@ -6,6 +6,9 @@
   Bézier strokes; each image re-draws the class's strokes with jittered control points, a random
   affine pose and pixel noise. Classes ``0..C/2-1`` train and the unseen ``C/2..C-1`` test — the
   unseen-class protocol of the paper's Table 2. Deterministic from ``seed`` and cached under ``root``.
+  With ``family_size`` > 1 the classes come in families of near-twins (each class a small perturbation of
+  its family's glyph), so that some classes are confusable while a random batch rarely holds two of one
+  family: the large-output regime in which the paper mines hard negative classes (``glyphs_many``).
 """
 
 from __future__ import annotations
@@ -116,13 +119,31 @@ def generate_glyphs(
     stroke_width: float = 0.035,
     noise_std: float = 0.15,
     seed: int = 0,
+    family_size: int = 1,
+    family_jitter: float = 0.1,
 ) -> tuple[Tensor, np.ndarray]:
-    """Generate the glyph images: uint8 (n, 1, H, W) and labels (n,), class-major order."""
+    """Generate the glyph images: uint8 (n, 1, H, W) and labels (n,), class-major order.
+
+    ``family_size`` = 1: every class prototype is drawn independently. > 1: classes k·F .. k·F + F−1 form
+    family k: one glyph with its stroke count is drawn per family and each class adds its own Gaussian
+    offset of std ``family_jitter`` to every control point (per image, ``control_jitter`` adds more).
+    """
     gen = torch.Generator().manual_seed(seed)
-    n_strokes = torch.randint(strokes[0], strokes[1] + 1, (n_classes,), generator=gen)
     max_strokes = int(strokes[1])
-    # Class prototypes: control points in [0.15, 0.85]²; unused stroke slots repeat stroke 0.
-    proto = 0.15 + 0.7 * torch.rand(n_classes, max_strokes, 3, 2, generator=gen, dtype=torch.float64)
+    if family_size == 1:
+        n_strokes = torch.randint(strokes[0], strokes[1] + 1, (n_classes,), generator=gen)
+        # Class prototypes: control points in [0.15, 0.85]²; unused stroke slots repeat stroke 0.
+        proto = 0.15 + 0.7 * torch.rand(n_classes, max_strokes, 3, 2, generator=gen, dtype=torch.float64)
+    else:
+        if family_size < 1 or n_classes % family_size:
+            raise ValueError(f"dataset.build.family_size={family_size} must be >= 1 and divide "
+                             f"n_classes={n_classes}")
+        n_families = n_classes // family_size
+        n_strokes = torch.randint(strokes[0], strokes[1] + 1, (n_families,), generator=gen)
+        parent = 0.15 + 0.7 * torch.rand(n_families, max_strokes, 3, 2, generator=gen, dtype=torch.float64)
+        n_strokes = n_strokes.repeat_interleave(family_size)
+        proto = parent.repeat_interleave(family_size, dim=0)
+        proto = proto + family_jitter * torch.randn(proto.shape, generator=gen, dtype=torch.float64)
     slot = torch.arange(max_strokes).view(1, -1)
     proto = torch.where((slot < n_strokes.view(-1, 1)).view(n_classes, max_strokes, 1, 1), proto, proto[:, :1])
     n = n_classes * images_per_class
@@ -165,6 +186,10 @@ def build_glyphs(root: str | os.PathLike, n_classes: int = 400, images_per_class
         raise ValueError(f"dataset.build.n_classes must be an even number >= 4, got {n_classes}")
     if images_per_class < 2:
         raise ValueError(f"dataset.build.images_per_class must be >= 2, got {images_per_class}")
+    family_size = int(generator_kwargs.get("family_size", 1))
+    if family_size < 1 or (n_classes // 2) % family_size:
+        raise ValueError(f"dataset.build.family_size={family_size} must be >= 1 and divide the "
+                         f"{n_classes // 2} training (and test) classes, so that no family spans both splits")
     unknown = set(generator_kwargs) - set(inspect.signature(generate_glyphs).parameters)
     if unknown:
         raise TypeError(f"dataset.build: unknown glyphs parameter(s) {sorted(unknown)}")
@@ -172,8 +197,10 @@ def build_glyphs(root: str | os.PathLike, n_classes: int = 400, images_per_class
     params = {**defaults, **generator_kwargs, "n_classes": n_classes, "images_per_class": images_per_class,
               "image_size": image_size, "seed": seed}
     params = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in params.items()}
-    # Every generator parameter (defaults included) and the generator version name the cache file.
-    key = json.dumps({"version": GLYPHS_VERSION, **params}, sort_keys=True)
+    # Every generator parameter (defaults included) and the generator version name the cache file; without
+    # families (family_size = 1) the family keys are left out, so those files keep the names they had.
+    named = {k: v for k, v in params.items() if params["family_size"] != 1 or not k.startswith("family_")}
+    key = json.dumps({"version": GLYPHS_VERSION, **named}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = Path(root) / f"glyphs-{digest}.pt"
     if cache and path.exists():

@@ -1,0 +1,238 @@
+"""Hyperparameter selection on validation classes (npair.selection): the CLI, the table runner's hook."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from npair import select
+from npair.runio import atomic_write_json
+from npair.selection import Grid, Selection, Settings, check_table, final_sweep, select_and_train
+from npair.tables import Row, TableSpec, load_spec, write_table
+from npair.train import run
+from tests.helpers import REPO, TINY, compose_config
+from tests.data.test_validation import ImagesTouched
+
+GUARDED = "dataset.build._target_=tests.data.test_validation.build_glyphs_guarded"
+# TINY's glyphs_faces-free data: 20 classes (10 train), 6 images; build_glyphs_guarded adds the face protocol,
+# which needs >= 20 test identities.
+SELECT_TINY = [o for o in TINY if not o.startswith("dataset.build.n_classes")] + [
+    "dataset.build.n_classes=40"
+]
+
+
+@pytest.fixture
+def subprocess_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Training subprocesses import this checkout and the tests package; W&B stays offline."""
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("NPAIR_ROOT", str(tmp_path))
+
+
+def test_grid_parsing_and_names() -> None:
+    grid = Grid.parse("loss.temperature=0.03,0.05,0.1")
+    assert grid.key == "loss.temperature" and grid.values == (0.03, 0.05, 0.1)
+    assert grid.run_name(0.05) == "temperature-0.05"
+    assert Grid.parse("loss.mining=semihard,hardest").values == ("semihard", "hardest")
+    for bad in ("loss.temperature", "loss.temperature=0.1", "=0.1,0.2", "loss.t=0.1,0.1"):
+        with pytest.raises(ValueError):
+            Grid.parse(bad)
+    with pytest.raises(ValueError, match="unknown key"):
+        Settings.from_spec({"fractoin": 0.2})
+
+
+def test_tables_must_give_every_selected_row_as_many_values() -> None:
+    rows = [
+        Row("a", "x/a", select={"key": "loss.temperature", "values": [0.1, 0.2, 0.5]}),
+        Row("b", "x/b", select={"key": "loss.margin", "values": [0.1, 0.2]}),
+    ]
+    spec = TableSpec(name="t", title="t", rows=rows, seeds=[0], metrics=["recall@1"])
+    with pytest.raises(ValueError, match="same number of values"):
+        check_table(spec)
+    rows[1].select = {"key": "loss.margin", "values": [0.1, 0.2, 0.5]}
+    check_table(spec)
+    rows[1].select = {"same_as": "x/a", "key": "loss.margin"}
+    with pytest.raises(ValueError, match="same_as takes no other key"):
+        check_table(spec)
+
+
+def _fake_run(run_dir: Path, root: Path, key_value: dict, score: float) -> None:
+    cfg = {
+        "dataset": {
+            "build": {
+                "_target_": "npair.data.embedded.build_glyphs",
+                "root": str(root / "data"),
+                "n_classes": 20,
+                "images_per_class": 2,
+            },
+            "validation": {"fraction": 0.2, "seed": 0},
+        },
+        "loss": key_value,
+    }
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    atomic_write_json(run_dir / "metrics.json", {"status": "completed", "final": {"recall@1": score}})
+
+
+def test_choice_is_the_best_mean_and_a_tie_goes_to_the_first_value(tmp_path: Path) -> None:
+    grid = Grid("loss.temperature", (0.05, 0.1, 0.2))
+    sel = Selection("x", [], grid, Settings(seeds=(0, 1)), tmp_path / "sel")
+    scores = {
+        (0.05, 0): 0.30,
+        (0.05, 1): 0.34,
+        (0.1, 0): 0.33,
+        (0.1, 1): 0.31,
+        (0.2, 0): 0.36,
+        (0.2, 1): 0.28,
+    }
+    for (value, seed), score in scores.items():
+        _fake_run(sel.run_dir(value, seed), tmp_path, {"temperature": value}, score)
+    assert sel.missing() == [] and sel.sweep() is None
+    record = sel.choose()
+    assert record["chosen"] == 0.05  # 0.32 = 0.32 = 0.32: the first listed value
+    assert record["mean"] == pytest.approx({"0.05": 0.32, "0.1": 0.32, "0.2": 0.32})
+    assert len(record["scores"]) == 6
+    assert record["validation"]["n_training_classes"] == 10 and len(record["validation"]["classes"]) == 2
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text())["chosen"] == 0.05
+    (tmp_path / "sel" / "temperature-0.2" / "seed1" / "metrics.json").write_text(
+        json.dumps({"status": "completed", "final": {"recall@1": 0.40}})
+    )
+    assert sel.choose()["chosen"] == 0.2
+
+
+def test_a_final_run_trained_with_another_value_is_not_mixed_in(tmp_path: Path) -> None:
+    _fake_run(tmp_path / "runs" / "seed0", tmp_path, {"temperature": 0.1}, 0.5)
+    record = {"key": "loss.temperature", "chosen": 0.05}
+    with pytest.raises(
+        SystemExit, match="trained with loss.temperature=0.1 but the validation selection chose"
+    ):
+        final_sweep("x", [], record, {0: tmp_path / "runs" / "seed0"}, tmp_path, "seed${seed}")
+    _fake_run(tmp_path / "ok" / "seed0", tmp_path, {"temperature": 0.05}, 0.5)
+    sweep = final_sweep(
+        "x",
+        ["loss=npair_mc"],
+        record,
+        {0: tmp_path / "ok" / "seed0", 1: tmp_path / "ok" / "seed1"},
+        tmp_path / "ok",
+        "seed${seed}",
+    )
+    assert sweep is not None and sweep.overrides == ["loss=npair_mc", "loss.temperature=0.05", "seed=1"]
+
+
+def test_the_guarded_test_split_stops_a_normal_run(tmp_path: Path) -> None:
+    # the guard works: without validation classes, training evaluates on (reads) the test split
+    with pytest.raises(ImagesTouched):
+        run(compose_config([*SELECT_TINY, GUARDED], tmp_path), tmp_path / "run")
+
+
+def test_selection_never_reads_the_test_split(tmp_path: Path, subprocess_env: None) -> None:
+    record = select.main(
+        [
+            "--grid",
+            "loss.temperature=0.5,1.0",
+            "--final-seeds",
+            "",
+            "--jobs",
+            "1",
+            "--outputs",
+            str(tmp_path / "outputs"),
+            "--name",
+            "guarded",
+            *SELECT_TINY,
+            GUARDED,
+            "trainer.eval_every=0",
+        ]
+    )
+    assert record["chosen"] in (0.5, 1.0) and len(record["scores"]) == 2
+    assert (
+        record["validation"]["n_training_classes"] == 20 and record["validation"]["n_validation_classes"] == 4
+    )
+
+
+def test_selection_cli_chooses_then_trains_the_final_run(
+    tmp_path: Path, subprocess_env: None, capsys: pytest.CaptureFixture
+) -> None:
+    args = [
+        "--grid",
+        "loss.reg_weight=0.0,0.002",
+        "--final-seeds",
+        "0",
+        "--jobs",
+        "2",
+        "--outputs",
+        str(tmp_path / "outputs"),
+        "--name",
+        "tiny",
+        *TINY,
+        "trainer.eval_every=0",
+    ]
+    record = select.main(args)
+    root = tmp_path / "outputs" / "selection" / "tiny"
+    means = record["mean"]
+    assert record["chosen"] == max(
+        record["values"], key=lambda v: (means[str(v)], -record["values"].index(v))
+    )
+    for value in (0.0, 0.002):
+        cfg = OmegaConf.load(root / f"reg_weight-{value}" / "seed0" / "config.yaml")
+        assert cfg.loss.reg_weight == value and cfg.dataset.validation.fraction == 0.2
+        assert list(cfg.eval.metrics) == ["recall"] and list(cfg.eval.ks) == [1]
+    final = root / "final" / "seed0"
+    final_cfg = OmegaConf.load(final / "config.yaml")
+    assert final_cfg.loss.reg_weight == record["chosen"] and final_cfg.dataset.validation.fraction == 0.0
+    assert json.loads((final / "selection.json").read_text())["chosen"] == record["chosen"]
+    assert {"recall@1", "nmi", "f1"} <= set(json.loads((final / "metrics.json").read_text())["final"])
+    capsys.readouterr()
+    select.main(args)  # everything is done: nothing is trained again
+    assert "training" not in capsys.readouterr().out
+
+
+def test_table_rows_are_selected_then_trained_and_reported(
+    tmp_path: Path, subprocess_env: None, capsys: pytest.CaptureFixture
+) -> None:
+    rows = [
+        Row(
+            "4-pair-mc (λ selected)",
+            "smoke/npair_mc",
+            select={"key": "loss.reg_weight", "values": [0.0, 0.02]},
+        ),
+        Row("triplet (λ of 4-pair-mc)", "smoke/triplet", select={"same_as": "smoke/npair_mc"}),
+    ]
+    spec = TableSpec(
+        name="select_smoke",
+        title="t",
+        rows=rows,
+        seeds=[0],
+        metrics=[{"key": "recall@1"}],
+        selection={"fraction": 0.2, "seeds": [0]},
+    )
+    root = tmp_path / "outputs"
+    records = select_and_train([spec], root, ["logger=none"], jobs=2)
+    chosen = records["smoke/npair_mc"]["chosen"]
+    assert records["smoke/triplet"]["chosen"] == chosen
+    for experiment in ("smoke/npair_mc", "smoke/triplet"):
+        run_dir = root / "runs" / experiment / "seed0"
+        assert OmegaConf.load(run_dir / "config.yaml").loss.reg_weight == chosen
+        saved = json.loads((run_dir / "selection.json").read_text())
+        assert saved["chosen"] == chosen and saved["selected_for"] == "smoke/npair_mc"
+    assert not (root / "selection" / "smoke/triplet").exists()  # borrowed, not selected again
+    paths = write_table(spec, root)
+    md = paths["md"].read_text()
+    assert "Hyperparameters chosen on validation classes" in md and "`loss.reg_weight`" in md
+    assert "(chosen for smoke/npair_mc)" in md
+    assert paths["selection"].read_text().count("\n") == 1 + 2 * 2  # header + 2 rows × 2 values
+    capsys.readouterr()
+    select_and_train([spec], root, ["logger=none"], jobs=2)
+    assert "training" not in capsys.readouterr().out
+
+
+def test_shipped_selection_tables_load_and_are_balanced() -> None:
+    for name in ("claim_check_glyphs", "claim_check_large"):
+        spec = load_spec(name)
+        check_table(spec)
+        assert all(row.select for row in spec.rows)
