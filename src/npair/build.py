@@ -62,7 +62,7 @@ def pick_device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ValueError(
             f"trainer.device={spec!r} but CUDA is not available; use trainer.device=cpu or auto"
         )
     return device

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from npair.configuration import CONFIG_DIR
+from npair.errors import DEBUG_ENV, add_debug_option, run_cli
 from npair.runio import METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete
 from npair.stats import mean_se
 
@@ -419,6 +420,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="runs trained at once (default: 1 with a GPU, else 2 or the number of CPU cores if fewer)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds replacing the tables' own (quick checks)")
     parser.add_argument("--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     args.table, args.source, args.project, args.entity, args.overrides = "mini", "local", None, None, []
     for item in args.assignments:
@@ -436,6 +438,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.debug:  # the training runs it starts show their tracebacks too
+        os.environ[DEBUG_ENV] = "1"
     root = Path(args.outputs or Path(os.environ.get("NPAIR_ROOT", ".")) / "outputs").resolve()
     specs = [load_spec(name) for name in table_names(args.table)]
     if args.seeds:
@@ -465,4 +469,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
