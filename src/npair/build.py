@@ -191,7 +191,8 @@ def evaluate_model(model: nn.Module, loss_fn: nn.Module, splits: DatasetSplits, 
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'' if threads == 1 else 's'})"
 
 
 # ------------------------------------------------------------------------------ a trained run
