@@ -31,6 +31,7 @@ from npair.models import build_model
 from npair.models.batchnorm import sync_batchnorm
 from npair.probe import Probe
 from npair.runio import CHECKPOINT_FILE, config_hash, git_commit, locate_data_dir, rebase_data_dir
+from npair.sampler_defaults import register_default_samplers
 from npair.stream import BatchStream, SkippingBatchSampler
 
 
@@ -40,6 +41,7 @@ def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        register_default_samplers(overrides)  # sampler: ${loss} for every loss (npair.sampler_defaults)
         return compose("train", overrides=list(overrides))
 
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from npair import checkpoint as ckpt
-from npair import collectives, errors, guards, run_context
+from npair import collectives, errors, guards, run_context, sampler_defaults
 from npair.build import (
     attach_embedder,
     autocast_dtype,
@@ -217,7 +217,13 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    """``python -m npair.train`` and ``npair-train``: Hydra's command line, plus ``--debug``."""
+    """``python -m npair.train`` and ``npair-train``: Hydra's command line, plus ``--debug``; every loss gets
+    its default sampler first (npair.sampler_defaults)."""
+    try:
+        sampler_defaults.register_default_samplers(sys.argv[1:])
+    except Exception as err:
+        if not errors.is_user_error(err):
+            raise  # a malformed override or config: Hydra reports it below, in its own words
     errors.hydra_cli(main)
 
 
