@@ -82,6 +82,9 @@ def test_write_table_writes_md_csv_tex(tmp_path: Path) -> None:
     csv_text = paths["csv"].read_text()
     assert "demo,triplet,recall@1,40.0" in csv_text
     assert "demo,absent,recall@1,,,0,3,,,0" in csv_text
+    assert csv_text.splitlines()[0].endswith(",completed_runs,metric_label")  # the figures' labels
+    assert csv_text.splitlines()[1].endswith(",R@1") and "demo,triplet,nmi," in csv_text.splitlines()[2]
+    assert csv_text.splitlines()[2].endswith(",NMI")
     assert r"\textbf{40.00}" in paths["tex"].read_text()
 
 

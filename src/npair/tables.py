@@ -395,12 +395,12 @@ def to_csv(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff",
-                     "completed_runs"])
+                     "completed_runs", "metric_label"])
     for row in spec.rows:
         for metric in spec.metrics:
             c = table[row.label][metric["key"]]
             writer.writerow([spec.name, row.label, metric["key"], c.mean, c.se, c.n, c.expected, c.paper, c.diff,
-                             c.runs])
+                             c.runs, metric.get("label", metric["key"])])
     return out.getvalue()
 
 
