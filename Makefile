@@ -11,7 +11,7 @@ TABLE ?= mini
 DATASET ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all reproduce-table data bench gpu-check gpu-check-smoke clean-outputs
+.PHONY: install test test-all lint reproduce-table data bench gpu-check gpu-check-smoke clean-outputs
 
 install: $(STAMP)
 
@@ -29,6 +29,16 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+# ruff's checks (the rules selected in pyproject.toml) and its formatter in check mode: changes no file.
+LINT_STAMP := $(VENV)/.lint-installed
+$(LINT_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[lint]"
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 reproduce-table: install
 	$(BIN)/python -m npair.tables TABLE=$(TABLE)

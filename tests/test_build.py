@@ -98,3 +98,15 @@ def test_a_re_evaluated_row_evaluates_the_final_checkpoint_under_its_overrides(s
     assert records["cosine"]["final"] == pytest.approx(final, abs=1e-9)  # the run's own evaluation, again
     assert records["euclidean"]["similarity"] == "euclidean" and records["euclidean"]["step"] == 4
     assert set(records["euclidean"]["final"]) == set(final)
+
+
+@pytest.mark.parametrize("threads, text", [(1, "cpu (1 thread)"), (2, "cpu (2 threads)")])
+def test_the_run_header_names_the_cpu_threads_in_the_right_number(threads: int, text: str) -> None:
+    from npair.build import describe_device
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        assert describe_device(torch.device("cpu")) == text
+    finally:
+        torch.set_num_threads(before)

@@ -4,6 +4,7 @@ equal their sources."""
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import runpy
 import sys
@@ -249,3 +250,96 @@ def test_command_line_scripts(tiny: dict[str, Any], tmp_path: Path, monkeypatch:
     assert parse_run_specs([f"a={seeds}", "a=x"]) == {
         "a": [runs["npair_mc/seed0"], runs["npair_mc/seed1"], Path("x")]
     }
+
+
+# ----------------------------------------------------------------------- table figures, as a reader sees them
+Cells = list[tuple[str, str, float | None, float | None]]
+LABELS = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "nmi": "NMI"}
+
+
+def table_csv(path: Path, rows: Cells, labels: bool = True) -> Path:
+    """A table CSV as npair.tables writes it: (method, metric, mean, paper) rows, SE 0.5, 3/3 seeds."""
+    columns = ["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff",
+               "completed_runs", *(["metric_label"] if labels else [])]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for method, metric, mean, paper in rows:
+            se, seeds = (None, 0) if mean is None else (0.5, 3)
+            label = LABELS.get(metric, metric)
+            cells = [path.stem, method, metric, mean, se, seeds, 3, paper, None, 3, label]
+            writer.writerow(cells[: len(columns)])
+    return path
+
+
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The matplotlib Figures the table figures save, collected as they are saved."""
+    table_figures = importlib.import_module("npair.plots.table_figures")  # the attribute is a function
+    figures: list[Any] = []
+
+    def keep(fig: Any, out: Path, data: dict[str, Any]) -> Path:
+        figures.append(fig)
+        return save(fig, out, data)
+
+    save = table_figures.save_figure
+    monkeypatch.setattr(table_figures, "save_figure", keep)
+    return figures
+
+
+def test_the_recall_legend_sits_beside_the_lines_not_on_them(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    methods = [f"λ = 0.00{i}, unnormalised, asymmetric, cosine (variant {i})" for i in range(7)]
+    rows = [(m, f"recall@{k}", 20.0 + 5 * i + 10 * k, None) for i, m in enumerate(methods) for k in (1, 4)]
+    figures = drawn(monkeypatch)
+    plots.recall_at_k(table_csv(tmp_path / "ablation.csv", rows), tmp_path / "r.png")
+    (fig,) = figures
+    (ax,) = fig.axes
+    renderer = fig.canvas.get_renderer()
+    legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 > axes.x1  # to the right of the axes: it covers no line
+    assert axes.width > 0.5 * fig.bbox.width  # and the axes keep most of the figure
+
+
+def test_the_papers_series_are_labelled_per_method_and_drawn_unlike_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the paper's 60-pair-mc lies on our triplet-nm: they must differ in colour, marker and line style
+    rows = [("triplet", "recall@1", 30.0, 43.3), ("triplet", "recall@2", 41.0, 55.8),
+            ("triplet-nm", "recall@1", 50.0, None), ("triplet-nm", "recall@2", 63.0, None),
+            ("60-pair-mc", "recall@1", 38.0, 50.0), ("60-pair-mc", "recall@2", 52.0, 63.0)]
+    figures = drawn(monkeypatch)
+    out = plots.recall_at_k(table_csv(tmp_path / "t2.csv", rows), tmp_path / "r.png")
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["legend"] == ["ours, mean ± SE (3/3 seeds each)", "triplet", "triplet-nm", "60-pair-mc",
+                              "paper", "triplet (paper)", "60-pair-mc (paper)"]
+    (ax,) = figures[0].axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == data["legend"]
+    at_same_place = [line for line in ax.get_lines() if list(line.get_ydata()) == [50.0, 63.0]]
+    (ours_nm,) = [line for line in at_same_place if line.get_marker() == "o"]
+    (paper_mc,) = [line for line in at_same_place if line is not ours_nm]
+    assert paper_mc.get_color() != ours_nm.get_color()
+    assert (paper_mc.get_marker(), paper_mc.get_markerfacecolor()) == ("s", "white")
+    assert ours_nm.get_linestyle() == "-" and paper_mc.get_linestyle() != "-"
+    assert paper_mc.get_zorder() < ours_nm.get_zorder()  # ours on top where they meet
+
+
+def test_a_table_with_one_k_gets_bars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [("triplet", "recall@1", 29.0, 43.3), ("triplet-nm", "recall@1", 47.8, None)]
+    figures = drawn(monkeypatch)
+    out = plots.recall_at_k(table_csv(tmp_path / "smoke.csv", rows), tmp_path / "smoke_recall.png")
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["kind"] == "bars" and data["metrics"] == ["recall@1"]
+    assert data["methods"]["triplet"] == {"mean": [29.0], "se": [0.5], "paper": [43.3]}
+    (ax,) = figures[0].axes
+    assert [round(p.get_height(), 1) for p in ax.patches] == [29.0, 47.8]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["R@1"] and "Recall@1" in ax.get_title()
+
+
+def test_metric_figures_use_the_tables_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [("triplet", "nmi", 55.0, 55.8), ("triplet", "recall@1", 29.0, 43.3)]
+    figures = drawn(monkeypatch)
+    out = plots.metric_bars(table_csv(tmp_path / "t.csv", rows), tmp_path / "m.png")
+    assert json.loads(out.with_suffix(".json").read_text())["labels"] == ["NMI", "R@1"]
+    assert [t.get_text() for t in figures[0].axes[0].get_xticklabels()] == ["NMI", "R@1"]
+    older = plots.metric_bars(table_csv(tmp_path / "old.csv", rows, labels=False), tmp_path / "o.png")
+    assert json.loads(older.with_suffix(".json").read_text())["labels"] == ["nmi", "recall@1"]  # older CSVs

@@ -83,10 +83,9 @@ def test_own_loss_and_dataset_recipe_runs(tmp_path: Path) -> None:
     assert config["loss"]["_target_"] == "my_losses.CosineNPairLoss"
     assert config["dataset"]["build"]["_target_"] == "my_data.build_unseen_digits"
 
-    # What the README says about today's default sampler: without sampler=..., Hydra stops.
-    assert "sampler=npair " in command
-    without_sampler = command.replace("sampler=npair ", "")
-    failed = subprocess.run(["bash", "-c", "set -e\n" + without_sampler], check=False, cwd=tmp_path, env=user_env(),
-                            capture_output=True, text=True, timeout=600)
-    assert failed.returncode != 0
-    assert "Could not find 'sampler/cosine_npair'" in failed.stdout + failed.stderr
+    # The new loss names no sampler: it gets its layout's default sampler (class_blocks: the N-pair sampler).
+    assert not re.search(r"(^|\s)sampler=", command)
+    sampler = config["sampler"]
+    assert sampler["_target_"] == "npair.samplers.NPairSampler"
+    assert (sampler["name"], sampler["n_classes"], sampler["n_per_class"]) == ("npair", 4, 2)
+    assert metrics["sampler"] == "npair"

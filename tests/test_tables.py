@@ -15,8 +15,11 @@ from npair.tables import (
     TableSpec,
     bold_mask,
     collect,
+    dry_run,
+    dry_run_summary,
     load_spec,
     missing_runs,
+    plural,
     table_names,
     to_markdown,
     write_table,
@@ -79,6 +82,9 @@ def test_write_table_writes_md_csv_tex(tmp_path: Path) -> None:
     csv_text = paths["csv"].read_text()
     assert "demo,triplet,recall@1,40.0" in csv_text
     assert "demo,absent,recall@1,,,0,3,,,0" in csv_text
+    assert csv_text.splitlines()[0].endswith(",completed_runs,metric_label")  # the figures' labels
+    assert csv_text.splitlines()[1].endswith(",R@1") and "demo,triplet,nmi," in csv_text.splitlines()[2]
+    assert csv_text.splitlines()[2].endswith(",NMI")
     assert r"\textbf{40.00}" in paths["tex"].read_text()
 
 
@@ -125,3 +131,30 @@ def test_bold_can_be_turned_off_per_metric_and_paper_se_is_shown(tmp_path: Path)
     md = to_markdown(spec, collect(spec, tmp_path))
     assert "| triplet | **40.00 (1/3 seeds)** | 50.00 (1/3 seeds) |" in md
     assert "| ↳ paper | 43.30 ± 0.38 | — |" in md
+
+
+def test_a_dry_run_ends_with_a_summary_of_runs_tables_and_missing_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NPAIR_ROOT", str(tmp_path))
+    specs = [load_spec("table2_cub200"), load_spec("smoke"), load_spec("smoke")]  # a run shared by two tables
+    for spec in specs:
+        spec.seeds = [0]
+    done = tmp_path / "runs" / "smoke" / "triplet" / "seed0"
+    atomic_write_json(done / "metrics.json", {"status": "completed"})
+    summary = dry_run(specs, tmp_path, [])
+    assert capsys.readouterr().out.rstrip().endswith(summary)
+    first, second, *data = summary.splitlines()
+    assert first == ("=== dry run: 3 tables (table2_cub200, smoke, smoke), 4 distinct runs: 1 done, "
+                     "3 to train; 0 re-evaluations of trained runs")
+    assert second.startswith("1 dataset missing for the runs to train")
+    assert f"dataset 'cub200' not found at {tmp_path}/data/CUB_200_2011" in data[0]
+    assert "make data DATASET=cub200" in data[1]
+
+
+def test_a_dry_run_without_missing_data_says_so() -> None:
+    spec = TableSpec(name="t", title="t", seeds=[0], metrics=[{"key": "nmi"}], rows=[])
+    assert dry_run_summary([spec], {("e", 0): True}, 0, []).splitlines() == [
+        "=== dry run: 1 table (t), 1 distinct run: 1 done, 0 to train; 0 re-evaluations of trained runs",
+        "no dataset missing for the runs to train"]
+    assert [plural(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]

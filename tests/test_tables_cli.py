@@ -42,7 +42,7 @@ def test_killed_table_run_restarts_only_the_missing_runs(tmp_path: Path) -> None
 
     second = subprocess.run(tables_cmd(outputs), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
-    launched = [int(n) for n in re.findall(r"^training (\d+) run\(s\)", second.stdout, flags=re.MULTILINE)]
+    launched = [int(n) for n in re.findall(r"^training (\d+) runs?: ", second.stdout, flags=re.MULTILINE)]
     assert sum(launched) == 4 - len(before)  # one sweep per set of missing seeds
     after = completed_runs(outputs)
     assert len(after) == 4

@@ -240,3 +240,18 @@ def test_wait_for_exit_record_waits_for_wandb_to_write_the_file(tmp_path: Path) 
     path.write_bytes(write_log([run.SerializeToString()]))  # never finished: give up after the timeout
     assert not wait_for_exit_record(path, timeout_s=0.2)
     assert not wait_for_exit_record(tmp_path / "missing.wandb", timeout_s=0.1)
+
+
+def test_a_project_wandb_cannot_read_is_named_in_a_users_error() -> None:
+    from wandb.errors import CommError
+
+    from npair.errors import UserError, is_user_error
+
+    class Unreachable:
+        def runs(self, path: str, filters: dict[str, Any] | None = None) -> list[Any]:
+            raise CommError("Could not find project npair-nope")
+
+    message = "reading W&B project 'team/npair-nope' failed: Could not find"
+    with pytest.raises(UserError, match=message) as caught:
+        fetch_records("npair-nope", entity="team", api=Unreachable())
+    assert is_user_error(caught.value)

@@ -32,6 +32,7 @@ from npair.models import build_model
 from npair.models.batchnorm import sync_batchnorm
 from npair.probe import Probe
 from npair.runio import CHECKPOINT_FILE, config_hash, git_commit, locate_data_dir, rebase_data_dir
+from npair.sampler_defaults import register_default_samplers
 from npair.samplers import current_model_embedder
 from npair.stream import BatchStream, SkippingBatchSampler
 
@@ -42,6 +43,7 @@ def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        register_default_samplers(overrides)  # sampler: ${loss} for every loss (npair.sampler_defaults)
         return compose("train", overrides=list(overrides))
 
 
@@ -64,7 +66,7 @@ def pick_device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ValueError(
             f"trainer.device={spec!r} but CUDA is not available; use trainer.device=cpu or auto"
         )
     return device
@@ -201,7 +203,8 @@ def evaluate_model(model: nn.Module, loss_fn: nn.Module, splits: DatasetSplits, 
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'' if threads == 1 else 's'})"
 
 
 # ------------------------------------------------------------------------------ a trained run

@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from npair.collectives import gather_objects, on_main
+from npair.errors import UserError
 from npair.runio import CHECKPOINT_FILE, atomic_torch_save, config_hash, read_metrics
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ RESUMABLE_DIFFERENCES = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used: unreadable, truncated, foreign or written for another model."""
 
 

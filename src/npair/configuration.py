@@ -36,6 +36,34 @@ def _if_rank_zero(on_rank_zero: Any, elsewhere: Any = None) -> Any:
     return on_rank_zero if env_rank() == 0 else elsewhere
 
 
+# Config groups that are no training option: configs/table/ holds the table specs of python -m npair.tables.
+NOT_TRAINING_GROUPS = ("table",)
+
+
+def training_config_groups() -> str:
+    """Resolver ``${training_config_groups:}`` (configs/hydra/help/npair.yaml): the config groups of
+    ``python -m npair.train --help`` with their options, one ``group: a, b, c`` line each, as Hydra's
+    ``$APP_CONFIG_GROUPS`` lists them but without :data:`NOT_TRAINING_GROUPS`."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    loader = GlobalHydra.instance().config_loader()
+
+    def groups(parent: str) -> list[str]:
+        found = []
+        for child in loader.list_groups(parent):
+            name = f"{parent}/{child}" if parent else child
+            if name == "hydra" or name in NOT_TRAINING_GROUPS:
+                continue
+            if loader.get_group_options(name, ObjectType.CONFIG):
+                found.append(name)
+            found += groups(name)
+        return found
+
+    lines = [f"{name}: {', '.join(sorted(loader.get_group_options(name)))}" for name in sorted(groups(""))]
+    return "\n".join(lines)
+
+
 def register_resolvers() -> None:
     """Register the resolvers the configs use (a second call changes nothing):
 
@@ -43,12 +71,14 @@ def register_resolvers() -> None:
       submitit workers, other processes) resolve hydra.sweep.dir to the launching process's id, i.e. the
       directory the launcher created, and a requeued job finds its run directory again;
     - ``${if_rank_zero:A,B}`` (trainer/ddp.yaml): A on global rank 0, B on the other ranks;
-    - ``${devnull:}`` (trainer/ddp.yaml): the null device, where ranks other than 0 write their log.
+    - ``${devnull:}`` (trainer/ddp.yaml): the null device, where ranks other than 0 write their log;
+    - ``${training_config_groups:}`` (hydra/help/npair.yaml): the config groups listed by ``--help``.
     """
     resolvers = {
         "pid": (os.getpid, True),
         "if_rank_zero": (_if_rank_zero, False),
         "devnull": (lambda: os.devnull, False),
+        "training_config_groups": (training_config_groups, False),
     }
     for name, (resolver, cached) in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from npair.configuration import CONFIG_DIR
+from npair.errors import add_debug_option, run_cli
 from npair.evaluation import EmbeddingSet, Evaluator
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override an evaluator argument"
     )
     p.add_argument("--out", type=Path, help="write the result JSON here")
+    add_debug_option(p)
     args = p.parse_args(argv)
     if (args.embeddings is None) == (args.run is None):
         p.error("give exactly one of --embeddings or --run")
@@ -216,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
             reference = load_embedding_set(
                 args.reference_embeddings, args.reference_labels, None, "reference"
             )
+        if evaluator.needs_reference and reference is None:
+            raise ValueError(
+                f"--eval {eval_name} computes knn_acc, the kNN recognition of each test item among the "
+                "training split's embeddings: pass them with --reference-embeddings FILE (and "
+                "--reference-labels FILE unless that file holds the labels), or evaluate a run with --run DIR"
+            )
         extras = load_array(args.extras, "--extras") if args.extras else {}
         if not isinstance(extras, dict):
             raise ValueError(f"--extras {args.extras}: expected a dict (.npz or .pt dict)")
@@ -247,4 +255,4 @@ def _jsonable(x: Any) -> Any:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from npair import selection
+from npair.errors import add_debug_option, run_cli
 from npair.selection import (
     SELECTION_FILE,
     Grid,
@@ -36,6 +37,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("overrides", nargs="*", help="training overrides, as for python -m npair.train")
+    add_debug_option(parser)
     parser.add_argument(
         "--grid", required=True, help="key=value1,value2,... (e.g. loss.temperature=0.05,0.1,0.2)"
     )
@@ -113,4 +115,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -1,9 +1,10 @@
 """Tables: run what is missing, aggregate run directories, write them next to the paper's numbers.
 
-    python -m npair.tables TABLE=mini            # the default of `make reproduce-table`
-    python -m npair.tables TABLE=glyphs_npair_vs_triplet --dry-run
-    python -m npair.tables TABLE=mini --no-train # aggregate only
-    python -m npair.tables TABLE=mini source=wandb project=npair   # aggregate a W&B project
+    python -m npair.tables TABLE=mini                 # the default of `make reproduce-table`
+    python -m npair.tables TABLE=mini_table2 --dry-run # its runs and their resolved configs; runs nothing
+    python -m npair.tables TABLE=mini --no-train      # aggregate only
+    python -m npair.tables TABLE=smoke --jobs 1 trainer.max_steps=20   # overrides go to every run trained
+    python -m npair.tables TABLE=mini source=wandb project=npair       # aggregate a W&B project
 
 A table spec (``configs/table/<name>.yaml``) lists rows (an experiment config each), seeds and metrics,
 the paper's reference numbers and the bolding rule; or ``include:`` a list of other tables. Runs live in
@@ -31,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from npair.configuration import CONFIG_DIR
+from npair.errors import DEBUG_ENV, add_debug_option, run_cli
 from npair.runio import METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete
 from npair.stats import mean_se
 
@@ -199,7 +201,7 @@ def check_data(cfg: DictConfig) -> str | None:
 def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs: int) -> int:
     """Train the missing runs with Hydra multiruns (the joblib launcher, ``jobs`` at a time).
 
-    Experiments missing the same seeds form one sweep ``experiment=a,b,.. seed=..``; each job writes
+    Experiments missing the same seeds form one sweep ``experiment=<a>,<b>,... seed=<seeds>``; each job writes
     ``<root>/runs/<experiment>/seed<k>/``. Returns the number of runs launched.
     """
     problems = {problem for experiment, seeds in missing.items()
@@ -216,7 +218,7 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
         cmd = [sys.executable, "-m", "npair.train", "-m", *launcher, f"experiment={','.join(experiments)}",
                f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={root / 'runs'}",
                "hydra.sweep.subdir=${name}/seed${seed}", *overrides]
-        print(f"training {n} run(s): {', '.join(experiments)} × seeds {list(seeds)}", flush=True)
+        print(f"training {plural(n, 'run')}: {', '.join(experiments)} × seeds {list(seeds)}", flush=True)
         result = subprocess.run(cmd)
         if result.returncode != 0:
             raise SystemExit(f"training failed (exit {result.returncode}); command:\n  {' '.join(cmd)}")
@@ -248,15 +250,48 @@ def evaluate_missing(specs: list[TableSpec], root: Path, overrides: list[str]) -
         evaluate_again(root, row, seed, overrides)
 
 
-def dry_run(specs: list[TableSpec], root: Path, overrides: list[str]) -> None:
+def dry_run(specs: list[TableSpec], root: Path, overrides: list[str]) -> str:
+    """Print every run of the tables with its state and resolved config; return (and print) the summary."""
+    runs: dict[tuple[str, int], bool] = {}  # (experiment, seed) -> completed; shared runs counted once
+    reevaluations: set[tuple[str, int, str]] = set()  # (experiment, seed, evaluation), counted once
+    data_missing: set[str] = set()
     for spec in specs:
         for row in spec.rows:
             for seed in spec.seeds:
                 cfg = compose_run(row.experiment, seed, overrides)
-                state = "done" if is_complete(spec.run_dir(root, row, seed)) else "missing"
+                done = runs[(row.experiment, seed)] = is_complete(spec.run_dir(root, row, seed))
+                if row.evaluate_with:
+                    reevaluations.add((row.experiment, seed, row.eval_slug))
+                if not done and (problem := check_data(cfg)):
+                    data_missing.add(problem)
                 extra = f" then evaluated with {row.evaluate_with}" if row.evaluate_with else ""
-                print(f"--- {spec.name} / {row.label} / seed {seed} [{state}] -> {spec.run_dir(root, row, seed)}{extra}")
+                print(f"--- {spec.name} / {row.label} / seed {seed} [{'done' if done else 'missing'}] -> "
+                      f"{spec.run_dir(root, row, seed)}{extra}")
                 print(OmegaConf.to_yaml(cfg, resolve=True))
+    summary = dry_run_summary(specs, runs, len(reevaluations), sorted(data_missing))
+    print(summary)
+    return summary
+
+
+def dry_run_summary(specs: list[TableSpec], runs: dict[tuple[str, int], bool], reevaluations: int,
+                    data_missing: list[str]) -> str:
+    """The last lines of a dry run: tables, distinct runs (done / to train), re-evaluations, missing data."""
+    done = sum(runs.values())
+    lines = [f"=== dry run: {plural(len(specs), 'table')} ({', '.join(s.name for s in specs)}), "
+             f"{plural(len(runs), 'distinct run')}: {done} done, {len(runs) - done} to train; "
+             f"{plural(reevaluations, 're-evaluation')} of trained runs"]
+    if data_missing:
+        lines.append(f"{plural(len(data_missing), 'dataset')} missing for the runs to train "
+                     "(training would stop before it starts):")
+        lines += ["  " + problem.replace("\n", "\n  ") for problem in data_missing]
+    else:
+        lines.append("no dataset missing for the runs to train")
+    return "\n".join(lines)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 table``, ``2 tables``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # ------------------------------------------------------------------------------------ aggregation
@@ -364,12 +399,12 @@ def to_csv(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff",
-                     "completed_runs"])
+                     "completed_runs", "metric_label"])
     for row in spec.rows:
         for metric in spec.metrics:
             c = table[row.label][metric["key"]]
             writer.writerow([spec.name, row.label, metric["key"], c.mean, c.se, c.n, c.expected, c.paper, c.diff,
-                             c.runs])
+                             c.runs, metric.get("label", metric["key"])])
     return out.getvalue()
 
 
@@ -428,7 +463,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="runs trained at once (default: 1 with a GPU, else 2 or the number of CPU cores if fewer)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds replacing the tables' own (quick checks)")
     parser.add_argument("--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)")
-    args = parser.parse_args(argv)
+    add_debug_option(parser)
+    args = parser.parse_intermixed_args(argv)  # assignments may come before, between or after the options
     args.table, args.source, args.project, args.entity, args.overrides = "mini", "local", None, None, []
     for item in args.assignments:
         key, _, value = item.partition("=")
@@ -445,6 +481,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.debug:  # the training runs it starts show their tracebacks too
+        os.environ[DEBUG_ENV] = "1"
     root = Path(args.outputs or Path(os.environ.get("NPAIR_ROOT", ".")) / "outputs").resolve()
     specs = [load_spec(name) for name in table_names(args.table)]
     if args.seeds:
@@ -477,4 +515,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

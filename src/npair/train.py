@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from npair import checkpoint as ckpt
-from npair import collectives, guards, run_context
+from npair import collectives, errors, guards, run_context, sampler_defaults
 from npair.build import (
     attach_embedder,
     autocast_dtype,
@@ -211,13 +211,26 @@ def main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         print(f"Interrupted: partial results kept in {run_dir}", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:  # a user's mistake: its message alone (npair.errors); a bug: its traceback
+        errors.raise_for_hydra(err)
     first = next(iter(final.values()), None)
     return first if isinstance(first, float) and math.isfinite(first) else None
+
+
+def cli() -> None:
+    """``python -m npair.train`` and ``npair-train``: Hydra's command line, plus ``--debug``; every loss gets
+    its default sampler first (npair.sampler_defaults)."""
+    try:
+        sampler_defaults.register_default_samplers(sys.argv[1:])
+    except Exception as err:
+        if not errors.is_user_error(err):
+            raise  # a malformed override or config: Hydra reports it below, in its own words
+    errors.hydra_cli(main)
 
 
 if __name__ == "__main__":
     # Call the task function of the importable module, not of __main__, so launchers that pickle it
     # (joblib, submitit) pickle a reference instead of this module's globals.
-    from npair.train import main as task
+    from npair.train import cli
 
-    task()
+    cli()

@@ -33,6 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from npair.errors import UserError
+
 FILE_HEADER = struct.Struct("<4sHB")  # ident, magic, version
 CHUNK_HEADER = struct.Struct("<IHB")  # crc32, length, type
 FILE_IDENT, FILE_MAGIC = b":W&B", 0xBEE1
@@ -332,6 +334,10 @@ def _as_dict(mapping: Any) -> dict[str, Any]:
     return dict(raw) if isinstance(raw, dict) else dict(mapping.items())
 
 
+class MissingCredentials(UserError, RuntimeError):
+    """Reading a W&B project needs an API key, and none is configured."""
+
+
 def fetch_records(
     project: str,
     entity: str | None = None,
@@ -350,14 +356,20 @@ def fetch_records(
         import wandb
 
         if not wandb_api_key_available():  # wandb.Api() would prompt for a key on a terminal
-            raise RuntimeError(
+            raise MissingCredentials(
                 f"reading W&B project {project!r} needs credentials: set WANDB_API_KEY or run `wandb login` "
                 "(or aggregate the local run directories instead)"
             )
         api = wandb.Api(timeout=60)
     path = f"{entity}/{project}" if entity else project
+    from wandb.errors import Error as WandbError
+
+    try:
+        runs = list(api.runs(path, filters=filters or None))
+    except WandbError as err:  # CommError (no such project, no network), AuthenticationError, UsageError
+        raise UserError(f"reading W&B project {path!r} failed: {err}") from err
     records = []
-    for run in api.runs(path, filters=filters or None):
+    for run in runs:
         info = {
             "id": getattr(run, "id", None),
             "path": "/".join(getattr(run, "path", []) or []) or None,

@@ -153,3 +153,20 @@ def test_iter_retrieval_first_hit_rank_is_exact(backend, similarity):
     has_positive = np.bincount(labels, minlength=labels.max() + 1)[labels] > 1
     np.testing.assert_array_equal(first[has_positive], expected[has_positive])
     assert (first[~has_positive] >= 249).all()
+
+
+def test_loading_faiss_logs_nothing_below_warning() -> None:
+    """faiss's loader reports each CPU-specific build it tries at INFO (8 lines, a ModuleNotFoundError among
+    them); with npair's evaluation imported, a run's INFO log holds none of them."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("faiss")
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from npair.evaluation.knn import faiss_available\n"
+            "assert faiss_available()\n"
+            "logging.getLogger('npair').info('evaluation ready')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "faiss.loader" not in result.stderr and "ModuleNotFoundError" not in result.stderr
+    assert "INFO:npair:evaluation ready" in result.stderr  # INFO records are shown: faiss's were filtered

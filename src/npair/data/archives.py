@@ -39,13 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from npair.errors import UserError
+
 MAX_LINK_HOPS = 40  # symlinks followed while resolving one target; Linux's own limit (MAXSYMLINKS)
 COPY_CHUNK = 1 << 20
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-class UnsafeArchiveError(RuntimeError):
+class UnsafeArchiveError(UserError, RuntimeError):
     """An archive member would land outside the extraction folder, or the archive exceeds its limits."""
 
 

@@ -54,6 +54,7 @@ from npair.data.archives import (
     write_new_file,
 )
 from npair.data.sources import SOURCES, DatasetSource, RemoteFile, Variant
+from npair.errors import UserError, add_debug_option, run_cli
 
 __all__ = [
     "ChecksumError",
@@ -76,7 +77,7 @@ RETRY_DELAY_S = 1.0  # first back-off between resume attempts (doubles, at most 
 USER_AGENT = "npair-download/0.1 (+python urllib)"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A file could not be fetched from a URL."""
 
 
@@ -84,7 +85,7 @@ class ChecksumError(DownloadError):
     """A fetched file does not match its published size or digest."""
 
 
-class ManualStepRequired(RuntimeError):
+class ManualStepRequired(UserError, RuntimeError):
     """The dataset cannot be fetched automatically; the message says what to do."""
 
 
@@ -461,7 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--list", action="store_true", help="print every dataset's status and exit")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
+    if Path(args.root).exists() and not Path(args.root).is_dir():
+        raise UserError(f"--root {args.root} is a file; name the folder that holds (or is to hold) the data")
     if args.list or not args.names:
         print(status_table(args.root))
         return 0
@@ -488,4 +492,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -53,6 +53,9 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
+# faiss's loader logs each CPU-specific build it tries at INFO, failures included (8 lines per process, among
+# them a ModuleNotFoundError for a missing AVX512 build): only its warnings are worth a run's log.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 Similarity = Literal["cosine", "inner_product", "euclidean"]
 SIMILARITIES: tuple[str, ...] = ("cosine", "inner_product", "euclidean")

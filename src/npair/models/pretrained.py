@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from npair.errors import UserError
+
 M = TypeVar("M", bound=nn.Module)
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(UserError, RuntimeError):
     """Pretrained weights are neither cached nor downloadable."""
 
 

@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from npair.errors import add_debug_option
 from npair.plots import __doc__ as PLOTS_DOC
 from npair.plots.curves import training_curves
 from npair.plots.embeddings import embedding_projection
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     emb.add_argument("--max-points", type=int, default=2000)
     emb.add_argument("--n-classes", type=int, default=20)
     emb.add_argument("--data-dir", type=Path, default=None)
+    for command in (parser, curves, table, emb):
+        add_debug_option(command)
     args = parser.parse_args(argv)
     if args.command == "curves":
         written = [

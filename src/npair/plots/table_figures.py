@@ -47,22 +47,39 @@ def _methods(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in rows))
 
 
-def _legend_with_paper(
-    ax: Any, methods: dict[str, Any], paper_key: Line2D, paper_label: str, **kwargs: Any
-) -> None:
-    """The legend of ``ax``, plus one entry for the paper's markers when any method has a paper value."""
-    handles, names = ax.get_legend_handles_labels()
-    if any(any(p is not None for p in m["paper"]) for m in methods.values()):
-        handles.append(paper_key)
-        names.append(paper_label)
-    ax.legend(handles, names, frameon=False, **kwargs)
+def _metric_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Metric key -> the table's column label (the CSV's ``metric_label``; the key for older CSVs)."""
+    return {r["metric"]: r.get("metric_label") or r["metric"] for r in rows}
+
+
+# Ours: solid lines and filled circles; the paper's: dashed lines, hollow squares; each method in its colour.
+# The paper's are drawn beneath ours, so where two series meet our curve stays on top.
+OURS_STYLE: dict[str, Any] = {"ls": "-", "marker": "o", "ms": 6, "lw": 1.8, "zorder": 3}
+PAPER_STYLE: dict[str, Any] = {"ls": (0, (4, 2)), "marker": "s", "ms": 7, "lw": 1.1, "mfc": "white",
+                               "mew": 1.5, "alpha": 0.9, "zorder": 2}
+
+
+def _legend_outside(ax: Any, **kwargs: Any) -> Any:
+    """The legend to the right of the axes, where it cannot cover a line or a bar."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, **kwargs)
+
+
+def _heading(text: str) -> tuple[Line2D, str]:
+    """A legend entry without a symbol: the heading of the entries below it."""
+    return Line2D([], [], ls="", marker=""), text
+
+
+def _figure_width(axes_width: float, labels: Sequence[str]) -> float:
+    """Inches for axes of ``axes_width`` plus a legend of ``labels`` to their right (8.5 pt legend text)."""
+    return axes_width + 0.6 + 0.068 * max((len(label) for label in labels), default=0)
 
 
 def recall_at_k(table_csv: Path, out: Path) -> Path:
     """Recall@K against K for each method of a table (paper Table 2 style), mean ± SE over seeds.
 
-    Filled markers and solid lines: ours; hollow markers and dashed lines: the paper's numbers, where the
-    table has them. Methods without completed runs appear only with their paper values.
+    Ours: solid lines, filled circles, ± SE error bars; the paper's numbers, where the table has them: dashed
+    lines and hollow squares, one legend entry per method. Methods without completed runs appear only with
+    their paper values. A table with one K has no line to draw: it gets bars (:func:`metric_bars`).
     """
     rows = read_table_csv(table_csv)
     recall = [r for r in rows if re.fullmatch(r"recall@\d+", r["metric"])]
@@ -72,67 +89,74 @@ def recall_at_k(table_csv: Path, out: Path) -> Path:
             "use metric_bars for this table"
         )
     ks = sorted({int(r["metric"].split("@")[1]) for r in recall})
+    table = recall[0].get("table") or Path(table_csv).stem
+    if len(ks) == 1:
+        title = f"{table}: Recall@{ks[0]} (mean ± SE over seeds)"
+        return metric_bars(table_csv, out, [f"recall@{ks[0]}"], title=title)
     methods = _methods(recall)
     colours = label_colours(methods)
-    table = recall[0].get("table") or Path(table_csv).stem
     offsets = np.linspace(-0.08, 0.08, len(methods)) if len(methods) > 1 else [0.0]
-    data: dict[str, Any] = {"table": table, "ks": ks, "methods": {}}
+    data: dict[str, Any] = {"table": table, "ks": ks, "kind": "lines", "methods": {}, "legend": []}
+    seeds_of = {m: tuple(max((r[key] for r in recall if r["method"] == m), default=0)
+                         for key in ("n_seeds", "expected_seeds")) for m in methods}
+    same_seeds = len(set(seeds_of.values())) == 1  # then the heading says it once
     with rc_context(STYLE):
-        fig = Figure(figsize=(6.8, 4.6))
+        fig = Figure(figsize=(_figure_width(6.0, [*methods, "ours, mean ± SE (3/3 seeds each)"]), 4.6))
         ax = fig.subplots()
+        ours_entries, paper_entries = [], []
         for method, offset in zip(methods, offsets):
             by_k = {int(r["metric"].split("@")[1]): r for r in recall if r["method"] == method}
             x = np.arange(len(ks)) + offset
             mean = [by_k[k]["mean"] if k in by_k else None for k in ks]
             se = [by_k[k]["se"] if k in by_k else None for k in ks]
             paper = [by_k[k]["paper"] if k in by_k else None for k in ks]
-            seeds = max((r["n_seeds"] for r in by_k.values()), default=0)
-            expected = max((r["expected_seeds"] for r in by_k.values()), default=0)
+            seeds, expected = seeds_of[method]
             ours = [(xi, m, s or 0.0) for xi, m, s in zip(x, mean, se) if m is not None]
             colour = colours[method]
             if ours:
                 xs, ms, ss = zip(*ours)
-                ax.errorbar(
-                    xs,
-                    ms,
-                    yerr=ss,
-                    fmt="-o",
-                    color=colour,
-                    ms=6,
-                    capsize=3,
-                    lw=1.8,
-                    label=f"{method} (ours, {seeds}/{expected} seeds)",
-                )
+                bars = ax.errorbar(xs, ms, yerr=ss, color=colour, capsize=3, **OURS_STYLE)
+                ours_entries.append((bars, method if same_seeds else f"{method} ({seeds}/{expected} seeds)"))
             known = [(xi, p) for xi, p in zip(x, paper) if p is not None]
             if known:
                 xs, ps = zip(*known)
-                ax.plot(xs, ps, "--", color=colour, lw=1.0, alpha=0.7)
-                ax.plot(xs, ps, "o", ms=8, mfc="none", mec=colour, mew=1.6)
+                (line,) = ax.plot(xs, ps, color=colour, mec=colour, **PAPER_STYLE)
+                paper_entries.append((line, f"{method} (paper)"))
             data["methods"][method] = {"mean": mean, "se": se, "paper": paper, "n_seeds": seeds}
         ax.set_xticks(np.arange(len(ks)), [str(k) for k in ks])
         ax.set_xlabel("K")
         ax.set_ylabel("Recall@K (%)")
         ax.set_title(f"{table}: Recall@K (mean ± SE over seeds)")
-        paper_key = Line2D([], [], ls="--", marker="o", mfc="none", color="0.4")
-        _legend_with_paper(ax, data["methods"], paper_key, "paper (hollow)", loc="lower right")
+        seeds, expected = next(iter(seeds_of.values()))
+        ours_heading = f"ours, mean ± SE ({seeds}/{expected} seeds each)" if same_seeds else "ours, mean ± SE"
+        entries = [_heading(ours_heading), *ours_entries]
+        if paper_entries:
+            entries += [_heading("paper"), *paper_entries]
+        data["legend"] = [name for _, name in entries]
+        _legend_outside(ax, handles=[h for h, _ in entries], labels=data["legend"])
         fig.tight_layout()
     return save_figure(fig, out, data)
 
 
-def metric_bars(table_csv: Path, out: Path, metrics: Sequence[str] | None = None) -> Path:
-    """Each metric of a table (or ``metrics``): bars per method ± SE, the paper's values: hollow diamonds."""
+def metric_bars(
+    table_csv: Path, out: Path, metrics: Sequence[str] | None = None, title: str | None = None
+) -> Path:
+    """Each metric of a table (or ``metrics``): bars per method ± SE, the paper's values as hollow diamonds,
+    each metric under the table's column label."""
     rows = read_table_csv(table_csv)
     metrics = list(metrics) if metrics else list(dict.fromkeys(r["metric"] for r in rows))
     methods = _methods(rows)
     if not rows or not metrics:
         raise ValueError(f"{table_csv}: no rows to plot")
+    labels = [_metric_labels(rows).get(m, m) for m in metrics]
     colours = label_colours(methods)
     table = rows[0].get("table") or Path(table_csv).stem
     cell = {(r["method"], r["metric"]): r for r in rows}
     width = 0.8 / len(methods)
-    data: dict[str, Any] = {"table": table, "metrics": metrics, "methods": {}}
+    data: dict[str, Any] = {"table": table, "kind": "bars", "metrics": metrics, "labels": labels,
+                            "methods": {}}
     with rc_context(STYLE):
-        fig = Figure(figsize=(max(6.0, 1.2 * len(metrics) * max(1, len(methods)) / 2 + 3), 4.6))
+        fig = Figure(figsize=(min(14.0, max(6.0, 2.5 + 0.32 * len(metrics) * len(methods))), 4.6))
         ax = fig.subplots()
         for i, method in enumerate(methods):
             x = np.arange(len(metrics)) - 0.4 + width * (i + 0.5)
@@ -160,13 +184,14 @@ def metric_bars(table_csv: Path, out: Path, metrics: Sequence[str] | None = None
                 xs, ps = zip(*known)
                 ax.plot(xs, ps, "D", ms=7, mfc="none", mec="black", mew=1.2)
             data["methods"][method] = {"mean": mean, "se": se, "paper": paper}
-        ax.set_xticks(np.arange(len(metrics)), metrics)
+        ax.set_xticks(np.arange(len(metrics)), labels)
         ax.set_ylabel("%")
-        ax.set_title(f"{table} (mean ± SE over seeds)")
-        paper_key = Line2D([], [], ls="", marker="D", mfc="none", mec="black")
-        _legend_with_paper(
-            ax, data["methods"], paper_key, "paper", loc="upper left", bbox_to_anchor=(1.0, 1.0)
-        )
+        ax.set_title(title or f"{table} (mean ± SE over seeds)")
+        handles, names = ax.get_legend_handles_labels()
+        if any(any(p is not None for p in m["paper"]) for m in data["methods"].values()):
+            handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="black"))
+            names.append("paper")
+        _legend_outside(ax, handles=handles, labels=names)
         ax.grid(axis="x", visible=False)
         fig.tight_layout()
     return save_figure(fig, out, data)
