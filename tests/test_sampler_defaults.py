@@ -47,8 +47,8 @@ def test_every_default_sampler_makes_its_layout() -> None:
 def test_the_package_losses_train_on_their_layouts_default_sampler() -> None:
     registered = register_default_samplers()
     # triplet and tuplet name their own sampler (sampler/triplet.yaml, sampler/tuplet.yaml)
-    assert registered == {"contrastive": "pair", "npair_mc": "npair", "npair_ovo": "npair",
-                          "softmax": "npair", "triplet_nm": "npair"}
+    assert registered == {"contrastive": "pair", "npair_mc": "npair", "npair_mc_cosine": "npair",
+                          "npair_ovo": "npair", "softmax": "npair", "triplet_nm": "npair"}
     for loss in sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml")):
         cfg = compose_train([f"loss={loss}"])
         layout = get_class(cfg.loss._target_).layout
