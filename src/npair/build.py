@@ -27,10 +27,11 @@ from npair.configuration import CONFIG_DIR, register_resolvers
 from npair.data.base import DatasetSplits
 from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
+from npair.identity import config_hash
 from npair.models import build_model
 from npair.models.batchnorm import sync_batchnorm
 from npair.probe import Probe
-from npair.runio import CHECKPOINT_FILE, config_hash, git_commit, locate_data_dir, rebase_data_dir
+from npair.runio import CHECKPOINT_FILE, git_commit, locate_data_dir, rebase_data_dir
 from npair.stream import BatchStream, SkippingBatchSampler
 
 

@@ -37,7 +37,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from npair.collectives import gather_objects, on_main
-from npair.runio import CHECKPOINT_FILE, atomic_torch_save, config_hash, read_metrics
+from npair.identity import config_hash
+from npair.runio import CHECKPOINT_FILE, atomic_torch_save, read_metrics
 
 if TYPE_CHECKING:
     from npair.run_context import Context

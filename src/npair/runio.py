@@ -1,9 +1,8 @@
-"""Run-directory I/O: atomic writes, provenance (git commit, config hash), metrics.json schema, the names of
+"""Run-directory I/O: atomic writes, provenance (git commit), metrics.json schema, the names of
 a run's files, and where a run's data lives when it is read from elsewhere."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 METRICS_SCHEMA_VERSION = 1
 # The files of a run directory.
@@ -23,10 +22,6 @@ CONFIG_FILE = "config.yaml"        # the resolved config
 TRAIN_LOG_FILE = "train_log.csv"   # one row per log step (npair.loggers.RunLogger.CSV_FIELDS)
 REEVAL_DIR = "eval"                # <run>/eval/<slug>.json: a table row's evaluate_with re-evaluation
 
-# Keys that say where/how a run is logged, not what it computes: excluded from the config hash.
-_HASH_EXCLUDED = ("paths", "logger", "tags")
-_HASH_EXCLUDED_TRAINER = ("progress_bar", "num_workers", "eval_batch_size", "save_checkpoint", "log_every", "resume",
-                          "checkpoint_every", "pin_memory", "threads")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -69,16 +64,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """SHA-256 (first 16 hex digits) of the resolved config, less logging/location keys."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in _HASH_EXCLUDED:
-        container.pop(key, None)
-    for key in _HASH_EXCLUDED_TRAINER:
-        container.get("trainer", {}).pop(key, None)
-    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def git_commit(repo_dir: str | os.PathLike | None = None) -> dict[str, Any]:
