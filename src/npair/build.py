@@ -27,7 +27,7 @@ from npair.configuration import CONFIG_DIR, register_resolvers
 from npair.data.base import DatasetSplits
 from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
-from npair.identity import config_hash
+from npair.identity import hashes
 from npair.models import build_model
 from npair.models.batchnorm import sync_batchnorm
 from npair.probe import Probe
@@ -152,7 +152,7 @@ def run_header(cfg: DictConfig, splits: DatasetSplits, evaluator: Any, device: t
                resumed_from_step: int | None) -> dict[str, Any]:
     """What metrics.json records about a run before its results: provenance, data, setting."""
     return {
-        "name": cfg.name, "seed": int(cfg.seed), "config_hash": config_hash(cfg), "git": git_commit(),
+        "name": cfg.name, "seed": int(cfg.seed), **hashes(cfg), "git": git_commit(),
         "similarity": getattr(evaluator, "similarity", None), "device": describe_device(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "dataset": cfg.dataset.name, "loss": cfg.loss.name, "sampler": cfg.sampler.name,
