@@ -92,3 +92,36 @@ def test_runs_of_different_configs_are_never_one_group(three_configs: dict[str, 
                                          rf".*{a0} \(\w+\), .*{b0} \(\w+\), .*{c0} \(\w+\).*differ in "
                                          r"sampler.n_classes: 4 -> 3"):
         identity.require_one_setting("demo", [a0, b0, c0])
+
+
+def test_training_curves_refuse_to_average_different_configs(three_configs: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    from npair.plots import training_curves
+
+    with pytest.raises(ValueError, match=r"label 'npair_mc': these runs are different configurations"):
+        training_curves({"npair_mc": [three_configs["a0"], three_configs["c0"]]}, tmp_path / "curves.png")
+    out = training_curves({"npair_mc": [three_configs["a0"], three_configs["a1"]]}, tmp_path / "curves.png")
+    series = json.loads(out.with_suffix(".json").read_text())["series"]["npair_mc"]
+    assert series["nway_acc"]["n_runs"] == 2
+    assert series["nway_acc"]["group_hash"] == identity.run_group_hash(three_configs["a0"])
+
+
+def test_a_table_row_mixing_configs_is_an_error_naming_them(three_configs: dict[str, Path]) -> None:
+    from npair.tables import Row, TableSpec, collect
+
+    root = three_configs["a0"].parents[2]
+    for src, seed in (("a0", 0), ("b0", 1)):  # seed 1 of the row is a run of another config
+        target = root / "runs" / "demo" / "row" / f"seed{seed}"
+        shutil.copytree(three_configs[src], target)
+        config = OmegaConf.load(target / CONFIG_FILE)
+        config.seed = seed  # as if trained with that seed: only the config differs
+        (target / CONFIG_FILE).write_text(OmegaConf.to_yaml(config))
+        record = json.loads((target / METRICS_FILE).read_text())
+        record.update(identity.hashes(identity.stored_config(target)))
+        (target / METRICS_FILE).write_text(json.dumps(record))
+    spec = TableSpec(name="t", title="T", seeds=[0, 1], metrics=[{"key": "recall@1"}],
+                     rows=[Row("mc", "demo/row")])
+    mixed = (r"table t, row 'mc' \(demo/row\): its runs are different configurations, not seeds of one "
+             r"\(seed 0: \w{16}, seed 1: \w{16}\)")
+    with pytest.raises(ValueError, match=mixed):
+        collect(spec, root)

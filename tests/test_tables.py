@@ -6,14 +6,17 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from npair import identity
 from npair.configuration import CONFIG_DIR
-from npair.runio import atomic_write_json
+from npair.runio import atomic_write_json, atomic_write_text
 from npair.tables import (
     Cell,
     Row,
     TableSpec,
     bold_mask,
+    check_runs,
     collect,
     load_spec,
     missing_runs,
@@ -34,8 +37,16 @@ def make_spec() -> TableSpec:
     )
 
 
+def run_config(experiment: str, seed: int) -> dict:
+    """A stand-in for the config a run of ``experiment`` was trained with."""
+    return {"name": experiment, "seed": seed, "loss": {"name": experiment.split("/")[-1]}}
+
+
 def write_run(root: Path, spec: TableSpec, row: Row, seed: int, final: dict, status: str = "completed") -> None:
-    atomic_write_json(spec.run_dir(root, row, seed) / "metrics.json", {"status": status, "final": final})
+    """A run directory as npair.train leaves it: config.yaml and a metrics.json whose header hashes it."""
+    run_dir, config = spec.run_dir(root, row, seed), run_config(row.experiment, seed)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+    atomic_write_json(run_dir / "metrics.json", {"status": status, **identity.hashes(config), "final": final})
 
 
 def test_bold_rule_best_and_overlapping_standard_errors() -> None:
@@ -98,7 +109,7 @@ def test_tables_share_runs_and_re_evaluations_read_their_own_file(tmp_path: Path
 def test_missing_runs_are_counted_once_across_tables(tmp_path: Path) -> None:
     a, b = make_spec(), make_spec()
     write_run(tmp_path, a, a.rows[0], 0, {"recall@1": 0.4})
-    missing = missing_runs([a, b], tmp_path)
+    missing = missing_runs(check_runs([a, b], tmp_path, run_config))
     assert missing == {"demo/triplet": [1, 2], "demo/npair_mc": [0, 1, 2], "demo/absent": [0, 1, 2]}
 
 
