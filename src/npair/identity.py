@@ -19,6 +19,7 @@ none and carry :func:`legacy_config_hash`). The run directory's ``config.yaml`` 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -153,8 +154,18 @@ def stored_config(run_dir: str | Path) -> dict[str, Any] | None:
     """The resolved config a run directory holds (its config.yaml) as a plain dict, read without resolving
     anything in it; None when there is none. An unreadable file raises naming it."""
     path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
         return None
+    version = (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)  # a rewrite changes one
+    return copy.deepcopy(_read_config(str(path), version))
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_config(path_name: str, version: tuple[int, ...]) -> dict[str, Any]:
+    """config.yaml as a dict, read once per version of the file (tables read each run's several times)."""
+    path = Path(path_name)
     try:
         loaded = OmegaConf.load(path)
     except Exception as err:  # YAML syntax, not a mapping ...
