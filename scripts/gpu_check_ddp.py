@@ -2,8 +2,8 @@
 
 1. ``torchrun --standalone --nproc_per_node=1 -m npair.train trainer=ddp ...`` for a few steps (``gpu``:
    GoogLeNet at 224 on glyphs, 120 images per step, CUDA; ``cpu-smoke``: the small conv net on the CPU):
-   the launcher path end to end, rank 0's run directory complete. In one process ``trainer=ddp`` trains
-   without DDP (npair.run_context.setup: world size 1), so
+   the launcher path end to end, in a process group of one (npair.run_context.setup), rank 0's run
+   directory complete;
 2. ``torchrun --standalone --nproc_per_node=1 scripts/gpu_collectives.py``: the process group with the
    backend ``trainer.ddp.backend=auto`` picks (nccl on CUDA, gloo on CPU), its collectives and a few
    DistributedDataParallel steps.

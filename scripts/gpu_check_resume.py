@@ -81,7 +81,9 @@ def model_diff(a: Path, b: Path) -> dict[str, Any]:
     """How two checkpoints' model weights differ: tensors compared, tensors differing, largest difference."""
     import torch
 
-    wa, wb = (torch.load(p, map_location="cpu", weights_only=True)["model"] for p in (a, b))
+    from npair.checkpoint import load  # the one reader of run files: weights only, format checked
+
+    wa, wb = (load(p)["model"] for p in (a, b))
     differing = [k for k in wa if not torch.equal(wa[k], wb[k])]
     largest = max(((wa[k].float() - wb[k].float()).abs().max().item() for k in differing), default=0.0)
     return {"tensors": len(wa), "differing": len(differing), "max_abs_diff": largest, "first": differing[:5]}
@@ -121,9 +123,9 @@ def run(mode: str, work: Path, result: Result, budget_s: float) -> None:
                         and checkpoint.exists(), f"exit code {killed_rc}, checkpoint written: {checkpoint.exists()}"):
         finish(straight, straight_log, time.monotonic())
         return
-    import torch
+    from npair.checkpoint import load
 
-    killed_at = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"])
+    killed_at = int(load(checkpoint)["step"])
     resumed, resumed_log = start(commands["killed"], logs["resumed"], work)
     resumed_rc = finish(resumed, resumed_log, deadline)
     echo_log(logs["resumed"], commands["killed"], resumed_rc)

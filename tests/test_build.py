@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from npair import checkpoint as ckpt
-from npair.build import evaluate_model, load_run, make
+from npair.build import UntrustedConfigError, evaluate_model, load_run, make
 from npair.evaluate import main as evaluate_main
 from npair.plots import embedding_projection
 from npair.runio import CHECKPOINT_FILE, REEVAL_DIR
@@ -110,3 +110,53 @@ def test_the_run_header_names_the_cpu_threads_in_the_right_number(threads: int, 
         assert describe_device(torch.device("cpu")) == text
     finally:
         torch.set_num_threads(before)
+
+
+def _with_a_target(run_dir: Path, key: str, target: str, **kwargs) -> None:
+    """Point ``key`` of the config a real checkpoint holds at another ``_target_`` (weights_only types)."""
+    state = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
+    node = state["config"]
+    for part in key.split("."):
+        node = node[part]
+    node.clear()
+    node.update({"_target_": target, **kwargs})
+    torch.save(state, run_dir / CHECKPOINT_FILE)
+
+
+def test_a_stored_config_instantiates_only_npair_and_torch_optim_targets(smoke_run, tmp_path: Path) -> None:
+    root, _, _ = smoke_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(run_dir_of(root, "smoke/npair_mc", 0), run_dir)
+    made = tmp_path / "made_by_the_config"
+    _with_a_target(run_dir, "dataset.build", "os.makedirs", name=str(made))
+    refused = (rf"{run_dir / CHECKPOINT_FILE}: its config would instantiate code outside npair and "
+               r"torch.optim \(dataset.build._target_: 'os.makedirs'\).*pass --trust-config")
+    with pytest.raises(UntrustedConfigError, match=refused):
+        evaluate_main(["--run", str(run_dir)])
+    with pytest.raises(UntrustedConfigError, match=refused):
+        embedding_projection(run_dir, tmp_path / "pca.png")
+    assert not made.exists()  # refused before anything was instantiated
+    with pytest.raises(Exception):  # noqa: B017  (os.makedirs returns no dataset: what fails next is moot)
+        evaluate_main(["--run", str(run_dir), "--trust-config"])
+    assert made.is_dir()  # trusted: the config's own target ran
+    load_run(run_dir_of(root, "smoke/npair_mc", 0))  # the project's own targets need no trust
+
+
+def test_every_torch_load_reads_weights_only_and_run_files_only_through_checkpoint_load() -> None:
+    import ast
+
+    from tests.helpers import REPO
+
+    readers = {  # the torch.load calls and what each reads
+        "src/npair/checkpoint.py": "a run's checkpoint.pt (checkpoint.load; load_run reads through it)",
+        "src/npair/evaluate.py": "embedding files named on the command line",
+        "src/npair/data/embedded.py": "the generated glyphs cache",
+    }
+    found = {}
+    for path in sorted([*REPO.joinpath("src").rglob("*.py"), *REPO.joinpath("scripts").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                assert keywords.get("weights_only") == "True", f"{path}:{node.lineno}: no weights_only=True"
+                found[str(path.relative_to(REPO))] = node.lineno
+    assert set(found) == set(readers), found

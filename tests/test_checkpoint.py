@@ -30,7 +30,7 @@ def test_everything_a_run_checkpoints_loads_with_weights_only(tmp_path: Path) ->
         path = tmp_path / name / CHECKPOINT_FILE
         state = torch.load(path, map_location="cpu", weights_only=True)
         assert list(state) == ["format", "version", *ckpt.REQUIRED[:7], "step", "history", "elapsed_s",
-                               "config", "config_hash", "rng"]
+                               "skipped_at_load", "config", "config_hash", "rng"]
         (rng,) = state["rng"]  # one rank
         assert isinstance(rng["numpy"]["keys"], torch.Tensor) and rng["numpy"]["keys"].shape == (624,)
         assert isinstance(rng["python"][1], tuple) and isinstance(rng["torch"], torch.Tensor)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from npair.locks import LOCK_FILE
 from npair.runio import CHECKPOINT_FILE
 from npair.train import run
 from tests.helpers import TINY, compose_config
@@ -23,11 +24,11 @@ from tests.helpers import TINY, compose_config
 OVERRIDES = [*TINY, "optimizer=sgd", "trainer.threads=1"]
 
 
-def torchrun(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], cwd: Path, timeout: float = 300, nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "TMPDIR": str(cwd / "scratch")}
     (cwd / "scratch").mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "npair.train",
-           *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+           "npair.train", *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
                           check=False)
 
@@ -47,7 +48,7 @@ def test_two_gloo_ranks_train_the_same_model_as_one_process(tmp_path: Path, loss
     assert len(runs) == 1, runs  # rank 1 made no run directory of its own
     ddp_dir = runs[0]
     assert {p.name for p in ddp_dir.iterdir()} == {".hydra", "config.yaml", "metrics.json", "checkpoint.pt",
-                                                   "train_log.csv", "train.log"}
+                                                   "train_log.csv", "train.log", LOCK_FILE}
     scratch = list((tmp_path / "scratch").glob("npair-rank1-*"))  # rank 1's Hydra directory: outside outputs/
     assert len(scratch) == 1 and not any(scratch[0].iterdir())  # ... and empty
 
@@ -67,3 +68,20 @@ def test_two_gloo_ranks_train_the_same_model_as_one_process(tmp_path: Path, loss
     assert len(ddp_ckpt["rng"]) == 2  # both ranks' RNG states, for an exact resume
     gathered = ddp_ckpt["config"]["loss"].get("gather_across_ranks")
     assert gathered is (True if loss == "npair_mc" else None)
+
+
+def test_trainer_ddp_under_torchrun_joins_the_process_group_even_with_one_process(tmp_path: Path) -> None:
+    run_dir = tmp_path / "ddp1"
+    result = torchrun(["trainer=ddp", "trainer.device=cpu", *OVERRIDES, f"paths.root_dir={tmp_path}",
+                       f"hydra.run.dir={run_dir}"], cwd=tmp_path, nproc=1)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "trainer=ddp in a single process" not in result.stdout + result.stderr
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["world_size"] == 1
+    config = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)["config"]
+    assert config["loss"]["gather_across_ranks"] is True  # set only inside a process group (gloo here)
+    # without a launcher, trainer=ddp still runs as one plain process
+    cfg = compose_config([*OVERRIDES, "trainer=ddp", "trainer.device=cpu"], tmp_path)
+    alone = run(cfg, tmp_path / "alone")
+    state = torch.load(tmp_path / "alone" / CHECKPOINT_FILE, weights_only=True)
+    assert alone and state["config"]["loss"]["gather_across_ranks"] is False

@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from npair.guards import validate_settings
 from npair.tables import load_spec, table_names
 from tests.helpers import CONFIG_DIR
 
@@ -120,6 +121,7 @@ def test_experiment_composes_with_its_path_as_name_and_matching_layouts(experime
         f"{sampler_layout!r}")
     if getattr(get_class(cfg.loss._target_), "layout", None) == "class_blocks":
         assert int(cfg.sampler.n_per_class) >= 2
+    validate_settings(cfg)  # every setting within its range (npair.guards.SETTINGS)
 
 
 @pytest.mark.parametrize("table", FULL_TABLES)

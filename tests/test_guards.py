@@ -13,16 +13,18 @@ import torch
 import npair.collectives
 import npair.run_context
 from npair.checkpoint import CheckpointError
-from npair.guards import NonFiniteError, per_rank_batch, require_finite_grad
+from npair.guards import NonFiniteError, SettingsError, per_rank_batch, require_finite_grad, validate_settings
+from npair.locks import LOCK_FILE
 from npair.runio import CHECKPOINT_FILE
 from npair.train import run
-from tests.helpers import TINY, compose_config
+from tests.helpers import CONFIG_DIR, TINY, compose_config, run_cli
 
 FAST = [*[o for o in TINY if not o.startswith("trainer.max_steps")], "trainer.max_steps=2", "trainer.probe_classes=0"]
 
 
 def _no_run_files(run_dir: Path) -> bool:
-    return not run_dir.exists() or not any(run_dir.iterdir())
+    """Nothing of the run in ``run_dir``: no folder, or only its lock file (npair.locks)."""
+    return not run_dir.exists() or not any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
 
 # ------------------------------------------------------------------------ impossible combinations
@@ -132,4 +134,65 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path
     monkeypatch.undo()
     assert writes == [1, 2]
     assert torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=True)["step"] == 1
-    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []  # no temporaries
+    hidden = [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
+    assert hidden == []  # no temporaries
+
+
+# ------------------------------------------------------------------------------- settings out of range
+@pytest.mark.parametrize("override, message", [
+    ("trainer.grad_clip=-1", "trainer.grad_clip=-1: must be a number > 0, or null"),
+    ("trainer.grad_clip=0", "trainer.grad_clip=0: must be a number > 0, or null"),
+    ("trainer.max_steps=-5", "trainer.max_steps=-5: must be an integer >= 1"),
+    ("trainer.max_steps=0", "trainer.max_steps=0: must be an integer >= 1"),
+    ("trainer.max_steps=2.5", "trainer.max_steps=2.5: must be an integer >= 1"),
+    ("trainer.max_steps=abc", "trainer.max_steps='abc': must be an integer >= 1"),
+    ("trainer.log_every=0", "trainer.log_every=0: must be an integer >= 1"),
+    ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0: must be an integer >= 1"),
+    ("trainer.eval_every=-1", "trainer.eval_every=-1: must be an integer >= 0"),
+    ("trainer.checkpoint_every=-1", "trainer.checkpoint_every=-1: must be an integer >= 0, or null"),
+    ("optimizer.lr=abc", "optimizer.lr='abc': must be a number > 0"),
+    ("optimizer.lr=0", "optimizer.lr=0: must be a number > 0"),
+    ("seed=-1", "seed=-1: must be an integer >= 0"),
+    ("trainer.threads=-1", "trainer.threads=-1: must be an integer >= 1, or null"),
+    ("trainer.num_workers=-1", "trainer.num_workers=-1: must be an integer >= 0"),
+    ("trainer.probe_classes=-1", "trainer.probe_classes=-1: must be an integer >= 0"),
+    ("trainer.precision=64", "trainer.precision=64: must be one of auto, 32, fp32, bf16, fp16, 16"),
+    ("eval.ks=[0,1]", "eval.ks contains 0: each K must be an integer >= 1"),
+])
+def test_settings_out_of_range_fail_naming_key_value_and_range_before_any_file(tmp_path: Path, override: str,
+                                                                               message: str) -> None:
+    with pytest.raises(SettingsError) as failure:
+        run(compose_config([*FAST, override], tmp_path), tmp_path / "run")
+    assert message in str(failure.value)
+    assert not (tmp_path / "run").exists()  # nothing of the run, not even its folder
+
+
+def test_every_bad_setting_is_named_at_once_and_the_command_line_exits_non_zero(tmp_path: Path) -> None:
+    result = run_cli(["npair.train", *FAST, "trainer.max_steps=abc", "optimizer.lr=-1", "seed=-3",
+                      f"paths.root_dir={tmp_path}"], cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    for message in ("trainer.max_steps='abc': must be an integer >= 1 (optimiser steps)",
+                    "optimizer.lr=-1: must be a number > 0 (learning rate)",
+                    "seed=-3: must be an integer >= 0"):
+        assert message in out
+    assert not list(tmp_path.rglob("metrics.json"))  # nor the run's config.yaml (Hydra's .hydra/ is Hydra's)
+    assert [p for p in tmp_path.rglob("config.yaml") if p.parent.name != ".hydra"] == []
+
+
+def test_every_trainer_config_passes_the_settings_check() -> None:  # experiments: test_experiment_configs.py
+    for trainer in sorted((CONFIG_DIR / "trainer").glob("*.yaml")):
+        validate_settings(compose_config([f"trainer={trainer.stem}"]))
+
+
+def test_a_run_that_fails_after_its_metrics_json_exists_ends_failed_with_the_error(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    def broken(*args, **kwargs):  # fails between the logger's start and the step loop
+        raise RuntimeError("wrapping failed (simulated)")
+
+    monkeypatch.setattr(npair.run_context, "for_training", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run(compose_config(FAST, tmp_path), tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "failed"
+    assert record["error"] == "RuntimeError: wrapping failed (simulated)"

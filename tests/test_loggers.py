@@ -71,14 +71,14 @@ def test_each_run_is_its_own_finished_wandb_run(tiny: dict[str, Any]) -> None:
     assert len(find_offline_runs(tiny["wandb_dir"])) == 2
 
 
-def test_offline_runs_print_how_to_sync(tiny: dict[str, Any]) -> None:
+def test_offline_runs_print_how_to_sync_each_one_run_once(tiny: dict[str, Any]) -> None:
     for seed in (0, 1):
-        directory = Path(
-            json.loads((tiny["runs"][f"npair_mc/seed{seed}"] / "metrics.json").read_text())["wandb"]["dir"]
-        )
-        assert f"wandb sync {directory}" in tiny["stdout"]
+        wb = json.loads((tiny["runs"][f"npair_mc/seed{seed}"] / "metrics.json").read_text())["wandb"]
+        directory = Path(wb["dir"])
         assert directory.is_relative_to(tiny["wandb_dir"])  # WANDB_DIR is honoured
-    assert f"every offline run at once: cd {tiny['wandb_dir']} && wandb sync --yes" in tiny["stdout"]
+        hint = f"upload it with: wandb sync {directory.parent}/offline-run-*-{wb['id']}\n"  # all its pieces
+        assert tiny["stdout"].count(hint) == 1
+    assert tiny["stdout"].count("upload it with") == 2  # one hint per W&B run, nothing else
 
 
 def test_logger_none_writes_nothing_to_wandb(tiny: dict[str, Any]) -> None:
@@ -170,3 +170,126 @@ def test_mode_from_api_key_and_bad_values(no_credentials: Path, monkeypatch: pyt
     assert resolve_wandb_mode("offline") == "offline"
     with pytest.raises(ValueError, match="logger.mode='sometimes'"):
         resolve_wandb_mode("sometimes")
+
+
+# ----------------------------------------------------------------------------- one W&B run per run directory
+def test_a_resumed_run_continues_its_wandb_run_and_hints_one_sync_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import os
+    import signal
+
+    import npair.train
+    from npair.train import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    overrides = [*[o for o in TINY if o not in ("logger=none", "trainer.max_steps=4")], "logger=wandb",
+                 "trainer.max_steps=5", "trainer.probe_classes=0", "name=t/resume"]
+    real_accuracy, calls = npair.train.batch_accuracy, []
+
+    def stop_at_step_3(*args, **kwargs):  # called once per logged step: SIGTERM, as SLURM sends it
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_accuracy(*args, **kwargs)
+
+    monkeypatch.setattr(npair.train, "batch_accuracy", stop_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_config(overrides, tmp_path), tmp_path / "run")
+    monkeypatch.setattr(npair.train, "batch_accuracy", real_accuracy)
+    first = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert first["status"] == "interrupted"
+    capsys.readouterr()
+    run(compose_config(overrides, tmp_path), tmp_path / "run")  # resumes from the step-3 checkpoint
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    run_id = first["wandb"]["id"]
+    assert record["status"] == "completed" and record["resumed_from_step"] == 3
+    assert record["wandb"]["id"] == run_id  # kept in the run directory, continued
+    pieces = find_offline_runs(tmp_path / "wb")
+    assert len(pieces) == 2 and {read_offline_run(p).run_id for p in pieces} == {run_id}
+    first_part, second_part = (read_offline_run(p) for p in pieces)
+    steps = [[r["_step"] for r in part.history if "train/loss" in r] for part in (first_part, second_part)]
+    assert steps == [[1, 2, 3], [4, 5]]  # nothing sent twice: the W&B run has every step once
+    evals = [[r["_step"] for r in part.history if "eval/recall@1" in r] for part in (first_part, second_part)]
+    assert evals == [[2], [4, 5]]
+    hint = f"upload it with: wandb sync {tmp_path / 'wb' / 'wandb'}/offline-run-*-{run_id}"
+    assert printed.count(hint) == 1 and printed.count("wandb sync") == 1
+
+
+def test_wandb_online_without_network_stops_within_its_timeout_and_records_it(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_API_KEY="k" * 40, WANDB_BASE_URL="http://127.0.0.1:9", HOME=str(tmp_path),
+               WANDB_SILENT="true")  # a key, but the server cannot be reached (port 9: nothing listens)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "npair.train", *[o for o in TINY if o != "logger=none"], "logger=wandb",
+               "logger.mode=online", "logger.init_timeout_s=3", f"paths.root_dir={tmp_path}",
+               f"hydra.run.dir={run_dir}"]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert "W&B (online) did not start within logger.init_timeout_s=3 s" in result.stderr
+    assert "logger.mode=offline" in result.stderr
+    assert elapsed < 60, f"{elapsed:.0f} s"  # wandb's own default would wait 90 s
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "failed"
+    assert record["error"].startswith("WandbStartError: W&B (online) did not")
+    assert record["wandb"]["mode"] == "online" and record["wandb"]["id"]
+
+
+# ----------------------------------------------------------------------------- skipped images
+def test_images_skipped_at_scan_and_at_load_are_counted_in_metrics_json(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from npair.train import run
+
+    root, rng = tmp_path / "tree", np.random.default_rng(0)
+    for c in range(8):  # c0..c3 train (2 images each: every batch reads them all), c4..c7 test (3 each)
+        (root / f"c{c}").mkdir(parents=True)
+        for k in range(2 if c < 4 else 3):
+            pixels = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{k}.jpg", quality=95)
+    for path in (root / "c1" / "0.jpg", root / "c5" / "1.jpg"):  # the header is whole, the data stops halfway
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    (root / "c4" / "2.jpg").write_bytes(b"not an image")  # dropped by the header scan
+    cfg = compose_config([*[o for o in TINY if not o.startswith("dataset.")], "dataset=folder",
+                          f"dataset.root={root}", "dataset.image_size=32", "dataset.embedding_dim=8",
+                          "dataset.skip_corrupt=true", "trainer.probe_classes=0", "eval.ks=[1,2,4]"],
+                         tmp_path)
+    run(cfg, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "completed"
+    assert record["skipped_images"] == {"train_at_scan": 0, "train_at_load": 1, "test_at_scan": 1,
+                                        "test_at_load": 1, "total": 3}
+
+
+def test_images_skipped_before_a_resume_are_still_counted(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    def splits(train_bad: list[str], test_bad: list[str]) -> SimpleNamespace:
+        parts = {"train": SimpleNamespace(runtime_skipped=train_bad, skipped_files=["scan.jpg"]),
+                 "test": SimpleNamespace(runtime_skipped=test_bad, skipped_files=[])}
+        counts = {"train_at_scan": 1, "train_at_load": len(train_bad), "test_at_scan": 0,
+                  "test_at_load": len(test_bad)}
+        return SimpleNamespace(**parts, skipped_images=lambda: {**counts, "total": sum(counts.values())})
+
+    cfg = compose_config(TINY, tmp_path)
+    before = RunLogger(tmp_path / "a", cfg, {"name": "t"}, splits=splits(["a.jpg", "b.jpg"], []))
+    state = before.state()  # what the checkpoint keeps
+    assert state["skipped_at_load"] == {"train": ["a.jpg", "b.jpg"], "test": []}
+    before.finish("interrupted", {})
+    after = RunLogger(tmp_path / "b", cfg, {"name": "t"}, splits=splits(["b.jpg", "c.jpg"], ["t.jpg"]))
+    after.restore(state, [])  # the resumed process found b.jpg again and c.jpg, t.jpg anew
+    after.finish("completed", {})
+    record = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert record["skipped_images"] == {"train_at_scan": 1, "train_at_load": 3, "test_at_scan": 0,
+                                        "test_at_load": 1, "total": 5}

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from npair.checkpoint import CheckpointError, capture_rng, restore_rng
+from npair.checkpoint import CheckpointError, RunDirectoryConflict, capture_rng, restore_rng
+from npair.locks import LOCK_FILE
 from npair.runio import CHECKPOINT_FILE
 from npair.samplers import NPairSampler
 from npair.stream import BatchStream, SkippingBatchSampler
 from npair.train import run
-from tests.helpers import TINY, compose_config
+from tests.helpers import TINY, compose_config, run_cli
 
 # Long enough (in steps) for the test to kill the run between its first checkpoint and its end.
 KILLABLE = [*[o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.eval_every", "trainer.log_every"))],
@@ -78,10 +79,14 @@ def test_sigkill_mid_run_then_restart_ends_like_an_uninterrupted_run(tmp_path: P
 def test_a_completed_run_is_left_alone_and_resume_never_starts_over(tmp_path: Path) -> None:
     overrides = [*TINY, "trainer.max_steps=2", "trainer.probe_classes=0"]
     first = run(compose_config(overrides, tmp_path), tmp_path / "run")
-    files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+
+    def run_files() -> dict[str, int]:  # the run's own files; its lock file (npair.locks) is not one
+        return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir() if p.name != LOCK_FILE}
+
+    files = run_files()
     again = run(compose_config(overrides, tmp_path), tmp_path / "run")
     assert again == first
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == files  # nothing rewritten
+    assert run_files() == files  # nothing rewritten
     over = run(compose_config([*overrides, "trainer.resume=never"], tmp_path), tmp_path / "run")
     assert over == first
     assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns != files["metrics.json"]
@@ -157,3 +162,33 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exac
     assert torch.load(tmp_path / "stopped" / CHECKPOINT_FILE, weights_only=True)["step"] == 3
     assert run(compose_config(overrides, tmp_path), tmp_path / "stopped") == straight
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the loop's handler is gone again
+
+
+def test_a_completed_run_directory_is_not_reused_for_another_config(tmp_path: Path) -> None:
+    overrides = [*TINY, "trainer.max_steps=2", "trainer.probe_classes=0"]
+    run(compose_config(overrides, tmp_path), tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    with pytest.raises(RunDirectoryConflict, match=r"run holds a completed run of another configuration "
+                                                   r"\(loss.reg_weight: 0.002 -> 0.5; seed: 0 -> 3\); it is "
+                                                   r"not reused for this one"):
+        run(compose_config([*overrides, "seed=3", "loss.reg_weight=0.5"], tmp_path), tmp_path / "run")
+    assert (tmp_path / "run" / "metrics.json").read_text() == before  # the completed run is untouched
+    # the command line: exit non-zero, naming the keys; the same config is still left alone (exit 0)
+    command = ["npair.train", *overrides, f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]
+    other = run_cli([*command, "seed=3", "loss.reg_weight=0.5"], cwd=tmp_path)
+    assert other.returncode != 0 and "loss.reg_weight: 0.002 -> 0.5; seed: 0 -> 3" in other.stderr
+    same = run_cli(command, cwd=tmp_path)
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert "holds a completed run of this config: left alone" in same.stdout + same.stderr
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
+
+
+def test_an_unfinished_run_without_a_checkpoint_is_not_reused_for_another_config(tmp_path: Path) -> None:
+    overrides = [*TINY, "trainer.max_steps=2", "trainer.probe_classes=0", "trainer.save_checkpoint=false"]
+    run(compose_config(overrides, tmp_path), tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({**record, "status": "failed"}))
+    with pytest.raises(RunDirectoryConflict, match=r"holds an unfinished run with no checkpoint of another "
+                                                   r"configuration \(trainer.max_steps: 2 -> 3\)"):
+        run(compose_config([*overrides, "trainer.max_steps=3"], tmp_path), tmp_path / "run")
+    assert run(compose_config(overrides, tmp_path), tmp_path / "run")  # the same config trains it again

@@ -6,15 +6,19 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from npair import identity
 from npair.configuration import CONFIG_DIR
-from npair.runio import atomic_write_json
+from npair.runio import atomic_write_json, atomic_write_text
 from npair.tables import (
     Cell,
     Row,
     TableSpec,
     bold_mask,
+    check_runs,
     collect,
+    composer,
     dry_run,
     dry_run_summary,
     load_spec,
@@ -37,8 +41,16 @@ def make_spec() -> TableSpec:
     )
 
 
+def run_config(experiment: str, seed: int) -> dict:
+    """A stand-in for the config a run of ``experiment`` was trained with."""
+    return {"name": experiment, "seed": seed, "loss": {"name": experiment.split("/")[-1]}}
+
+
 def write_run(root: Path, spec: TableSpec, row: Row, seed: int, final: dict, status: str = "completed") -> None:
-    atomic_write_json(spec.run_dir(root, row, seed) / "metrics.json", {"status": status, "final": final})
+    """A run directory as npair.train leaves it: config.yaml and a metrics.json whose header hashes it."""
+    run_dir, config = spec.run_dir(root, row, seed), run_config(row.experiment, seed)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+    atomic_write_json(run_dir / "metrics.json", {"status": status, **identity.hashes(config), "final": final})
 
 
 def test_bold_rule_best_and_overlapping_standard_errors() -> None:
@@ -82,9 +94,10 @@ def test_write_table_writes_md_csv_tex(tmp_path: Path) -> None:
     csv_text = paths["csv"].read_text()
     assert "demo,triplet,recall@1,40.0" in csv_text
     assert "demo,absent,recall@1,,,0,3,,,0" in csv_text
-    assert csv_text.splitlines()[0].endswith(",completed_runs,metric_label")  # the figures' labels
-    assert csv_text.splitlines()[1].endswith(",R@1") and "demo,triplet,nmi," in csv_text.splitlines()[2]
-    assert csv_text.splitlines()[2].endswith(",NMI")
+    header, first, second = (line.split(",") for line in csv_text.splitlines()[:3])
+    assert header[-4:] == ["completed_runs", "metric_label", "group_hash", "config_hashes"]
+    assert first[header.index("metric_label")] == "R@1"  # the figures' labels
+    assert second[:3] == ["demo", "triplet", "nmi"] and second[header.index("metric_label")] == "NMI"
     assert r"\textbf{40.00}" in paths["tex"].read_text()
 
 
@@ -104,7 +117,7 @@ def test_tables_share_runs_and_re_evaluations_read_their_own_file(tmp_path: Path
 def test_missing_runs_are_counted_once_across_tables(tmp_path: Path) -> None:
     a, b = make_spec(), make_spec()
     write_run(tmp_path, a, a.rows[0], 0, {"recall@1": 0.4})
-    missing = missing_runs([a, b], tmp_path)
+    missing = missing_runs(check_runs([a, b], tmp_path, run_config))
     assert missing == {"demo/triplet": [1, 2], "demo/npair_mc": [0, 1, 2], "demo/absent": [0, 1, 2]}
 
 
@@ -140,13 +153,14 @@ def test_a_dry_run_ends_with_a_summary_of_runs_tables_and_missing_data(
     specs = [load_spec("table2_cub200"), load_spec("smoke"), load_spec("smoke")]  # a run shared by two tables
     for spec in specs:
         spec.seeds = [0]
-    done = tmp_path / "runs" / "smoke" / "triplet" / "seed0"
-    atomic_write_json(done / "metrics.json", {"status": "completed"})
-    summary = dry_run(specs, tmp_path, [])
+    hand_written = tmp_path / "runs" / "smoke" / "triplet" / "seed0"
+    atomic_write_json(hand_written / "metrics.json", {"status": "completed"})  # no config.yaml: unverified
+    summary = dry_run(specs, tmp_path, composer([]))
     assert capsys.readouterr().out.rstrip().endswith(summary)
-    first, second, *data = summary.splitlines()
-    assert first == ("=== dry run: 3 tables (table2_cub200, smoke, smoke), 4 distinct runs: 1 done, "
-                     "3 to train; 0 re-evaluations of trained runs")
+    first, blocked, second, *data = summary.splitlines()
+    assert first == ("=== dry run: 3 tables (table2_cub200, smoke, smoke), 4 distinct runs: 0 done, "
+                     "4 to train; 0 re-evaluations of trained runs")
+    assert blocked.startswith("1 of the runs to train hold another config or an unverified result")
     assert second.startswith("1 dataset missing for the runs to train")
     assert f"dataset 'cub200' not found at {tmp_path}/data/CUB_200_2011" in data[0]
     assert "make data DATASET=cub200" in data[1]
@@ -154,7 +168,7 @@ def test_a_dry_run_ends_with_a_summary_of_runs_tables_and_missing_data(
 
 def test_a_dry_run_without_missing_data_says_so() -> None:
     spec = TableSpec(name="t", title="t", seeds=[0], metrics=[{"key": "nmi"}], rows=[])
-    assert dry_run_summary([spec], {("e", 0): True}, 0, []).splitlines() == [
+    assert dry_run_summary([spec], {("e", 0): "done"}, 0, []).splitlines() == [
         "=== dry run: 1 table (t), 1 distinct run: 1 done, 0 to train; 0 re-evaluations of trained runs",
         "no dataset missing for the runs to train"]
     assert [plural(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]

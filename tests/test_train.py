@@ -80,11 +80,16 @@ def test_cli_multirun_makes_one_directory_per_job(tmp_path: Path) -> None:
     result = run_cli(["npair.train", "-m", "loss=triplet,npair_mc", "seed=0,1", *overrides,
                       f"paths.root_dir={tmp_path}"], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(p.read_text()) for p in (tmp_path / "outputs" / "multiruns").rglob("metrics.json")]
+    paths = sorted((tmp_path / "outputs" / "multiruns").rglob("metrics.json"))
+    records = [json.loads(p.read_text()) for p in paths]
     assert len(records) == 4
     assert sorted((r["loss"], r["seed"]) for r in records) == [("npair_mc", 0), ("npair_mc", 1),
                                                                ("triplet", 0), ("triplet", 1)]
     assert all(r["status"] == "completed" for r in records)
+    # one sweep, one folder: every job and the sweep's multirun.yaml, whatever the sweep varies (loss -> name)
+    (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
+    assert {p.parent for p in paths} == {sweep / str(job) for job in range(4)}
+    assert (sweep / "multirun.yaml").is_file()
 
 
 @pytest.mark.parametrize("override, message", [

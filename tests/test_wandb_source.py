@@ -141,6 +141,8 @@ def test_select_record_takes_the_latest_completed_run() -> None:
     ]
     assert select_record(records, "t/r", 0)["final"] == {"m": 0.2}
     assert select_record(records, "t/r", 0, config_hash="h1")["final"] == {"m": 0.1}
+    assert select_record(records, "t/r", 0, config_hash={"h1", "h3"})["final"] == {"m": 0.1}  # one of several
+    assert select_record(records, "t/r", 0, config_hash={"h3"}) is None
     assert select_record(records, "t/r", 1) is None
 
 

@@ -28,10 +28,11 @@ from npair.data.base import DatasetSplits
 from npair.data.validation import carve_validation
 from npair.evaluation import EmbeddingSet
 from npair.evaluation.embed import embed_dataset
+from npair.identity import hashes
 from npair.models import build_model
 from npair.models.batchnorm import sync_batchnorm
 from npair.probe import Probe
-from npair.runio import CHECKPOINT_FILE, config_hash, git_commit, locate_data_dir, rebase_data_dir
+from npair.runio import CHECKPOINT_FILE, git_commit, locate_data_dir, rebase_data_dir
 from npair.sampler_defaults import register_default_samplers
 from npair.samplers import current_model_embedder
 from npair.stream import BatchStream, SkippingBatchSampler
@@ -163,7 +164,7 @@ def run_header(cfg: DictConfig, splits: DatasetSplits, evaluator: Any, device: t
                resumed_from_step: int | None) -> dict[str, Any]:
     """What metrics.json records about a run before its results: provenance, data, setting."""
     return {
-        "name": cfg.name, "seed": int(cfg.seed), "config_hash": config_hash(cfg), "git": git_commit(),
+        "name": cfg.name, "seed": int(cfg.seed), **hashes(cfg), "git": git_commit(),
         "similarity": getattr(evaluator, "similarity", None), "device": describe_device(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "dataset": cfg.dataset.name, "loss": cfg.loss.name, "sampler": cfg.sampler.name,
@@ -221,16 +222,52 @@ class LoadedRun:
     checkpoint: Path
 
 
+# What a config read back from a run directory may instantiate without --trust-config: the project's own
+# classes and functions, and torch's optimisers and learning-rate schedulers.
+TRUSTED_TARGETS = ("npair.", "torch.optim.")
+
+
+class UntrustedConfigError(RuntimeError):
+    """A config read from a run directory names code outside :data:`TRUSTED_TARGETS` to instantiate."""
+
+
+def check_targets(config: Any, source: str | Path) -> None:
+    """Refuse every ``_target_`` in ``config`` (a stored run config, at any depth) outside
+    :data:`TRUSTED_TARGETS`, naming each with its key and ``source``, before anything is instantiated."""
+    found: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = f"{prefix}.{key}" if prefix else str(key)
+                if key == "_target_" and not (isinstance(value, str) and value.startswith(TRUSTED_TARGETS)):
+                    found.append(f"{where}: {value!r}")
+                walk(value, where)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{prefix}[{i}]")
+
+    walk(OmegaConf.to_container(config, resolve=False) if isinstance(config, DictConfig) else config, "")
+    if found:
+        raise UntrustedConfigError(
+            f"{source}: its config would instantiate code outside npair and torch.optim "
+            f"({'; '.join(found)}). "
+            "A config read from a run directory runs only the project's own targets; if you trust this run "
+            "directory and the code it names, pass --trust-config (load_run(..., trust_config=True))")
+
+
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, cfg: DictConfig | None = None,
-             device: str | torch.device = "cpu", data_dir: str | Path | None = None) -> LoadedRun:
+             device: str | torch.device = "cpu", data_dir: str | Path | None = None,
+             trust_config: bool = False) -> LoadedRun:
     """The one loader of trained runs (evaluation, re-evaluated table rows, embedding figures).
 
     Reads ``checkpoint`` (default ``run_dir/checkpoint.pt``) with :func:`npair.checkpoint.load` (weights
     only, format and version checked, errors naming the file) and rebuilds data, model and loss from
-    ``cfg``, by default the resolved config the checkpoint holds. With the checkpoint's config, the data
-    are looked for in ``data_dir`` when given, else where the run's outputs tree says when the recorded
-    relative path does not exist from here (:func:`npair.runio.locate_data_dir`); a given ``cfg`` is used
-    as it is.
+    ``cfg``, by default the resolved config the checkpoint holds. That stored config instantiates only
+    :data:`TRUSTED_TARGETS` unless ``trust_config`` (:func:`check_targets`). With the checkpoint's config,
+    the data are looked for in ``data_dir`` when given, else where the run's outputs tree says when the
+    recorded relative path does not exist from here (:func:`npair.runio.locate_data_dir`); a given ``cfg``
+    (the caller's own, e.g. composed from the configs) is used as it is.
     """
     run_dir = Path(run_dir)
     path = Path(checkpoint) if checkpoint is not None else run_dir / CHECKPOINT_FILE
@@ -239,6 +276,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, cfg: Dic
                                 "before its first checkpoint); re-run the experiment, or name a checkpoint file")
     state = ckpt.load(path, advice="pass the checkpoint.pt of an npair training run")
     if cfg is None:
+        if not trust_config:
+            check_targets(state["config"], path)
         cfg = OmegaConf.create(state["config"])
         cfg = rebase_data_dir(cfg, data_dir if data_dir is not None else locate_data_dir(cfg, run_dir))
     splits = build_splits(cfg)

@@ -14,10 +14,13 @@ It loads with ``torch.load(..., weights_only=True)``: numpy's RNG state is store
 other numpy array or scalar in a state or the history as a tensor or a Python number (:func:`save`).
 
 ``trainer.resume``: ``auto`` continues from run_dir/checkpoint.pt when it exists and metrics.json
-does not say ``completed`` (a completed run is left alone: its recorded final metrics are returned
-and nothing is written); ``never`` starts over; a path resumes from that file. With the same
-config and seed, a run killed at any point and resumed finishes with the same metrics, bit for bit
-on CPU, as a run never interrupted (see npair.stream for the limits with worker-side augmentation).
+does not say ``completed`` (a completed run of the same config is left alone: its recorded final metrics
+are returned and nothing is written); ``never`` starts over; a path resumes from that file. A run
+directory is never reused for another configuration (npair.identity): under ``auto``, a completed run,
+an unfinished one without a checkpoint and a checkpoint whose config differs in more than
+:data:`RESUMABLE_DIFFERENCES` all stop the run, naming the keys that differ. With the same config and
+seed, a run killed at any point and resumed finishes with the same metrics, bit for bit on CPU, as a
+run never interrupted (see npair.stream for the limits with worker-side augmentation).
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from npair import identity
 from npair.collectives import gather_objects, on_main
 from npair.errors import UserError
-from npair.runio import CHECKPOINT_FILE, atomic_torch_save, config_hash, read_metrics
+from npair.identity import config_hash
+from npair.runio import CHECKPOINT_FILE, atomic_torch_save, read_metrics
 
 if TYPE_CHECKING:
     from npair.run_context import Context
@@ -60,6 +65,10 @@ RESUMABLE_DIFFERENCES = (
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used: unreadable, truncated, foreign or written for another model."""
+
+
+class RunDirectoryConflict(RuntimeError):
+    """The run directory holds a run of another configuration: it is not reused for this one."""
 
 
 # ------------------------------------------------------------------------------------- RNG
@@ -165,20 +174,24 @@ class ResumePlan:
     explicit: bool = False                   # the user named the file (config differences only warn)
 
 
-def plan(resume: str | None, run_dir: Path) -> ResumePlan:
-    """Interpret ``trainer.resume`` (auto | never | <path>) for ``run_dir``."""
+def plan(resume: str | None, run_dir: Path, cfg: DictConfig) -> ResumePlan:
+    """Interpret ``trainer.resume`` (auto | never | <path>) for ``run_dir`` and the run's config ``cfg``."""
     spec = "never" if resume in (None, False, "") else str(resume)
     if spec == "never":
         return ResumePlan()
     if spec == "auto":
         record = read_metrics(run_dir)
-        if record and record.get("status") == "completed":
-            log.info("%s holds a completed run: left alone (trainer.resume=never trains it again)", run_dir)
-            return ResumePlan(completed=dict(record.get("final", {})))
         path = run_dir / CHECKPOINT_FILE
-        for stale in run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):  # writes killed half-way (the old file is whole)
-            stale.unlink(missing_ok=True)
-        return ResumePlan(checkpoint=path) if path.exists() else ResumePlan()
+        if record and record.get("status") == "completed":
+            require_same_config(run_dir, cfg, "a completed run")
+            log.info("%s holds a completed run of this config: left alone (trainer.resume=never trains it "
+                     "again)", run_dir)
+            return ResumePlan(completed=dict(record.get("final", {})))
+        if path.exists():  # its config is checked against cfg when it is read (check_config)
+            return ResumePlan(checkpoint=path)
+        if identity.stored_config(run_dir) is not None:
+            require_same_config(run_dir, cfg, "an unfinished run with no checkpoint")
+        return ResumePlan()
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / CHECKPOINT_FILE
@@ -186,6 +199,17 @@ def plan(resume: str | None, run_dir: Path) -> ResumePlan:
         raise FileNotFoundError(f"trainer.resume={spec}: no checkpoint file at {path}; use auto, never or the "
                                 "path of a checkpoint.pt")
     return ResumePlan(checkpoint=path, explicit=True)
+
+
+def require_same_config(run_dir: Path, cfg: DictConfig, what: str) -> None:
+    """Stop unless the config.yaml in ``run_dir`` (which holds ``what``) has ``cfg``'s identity."""
+    stored = identity.stored_config(run_dir)
+    diffs = identity.differences(stored, cfg) if stored is not None else ["no config.yaml says which it is"]
+    if diffs:
+        raise RunDirectoryConflict(
+            f"{run_dir} holds {what} of another configuration ({identity.listing(diffs)}); it is not "
+            "reused for this one. Use another run directory (hydra.run.dir=...), repeat the run's own "
+            "overrides, or train over it with trainer.resume=never")
 
 
 def load(path: Path, advice: str | None = None) -> dict[str, Any]:
@@ -209,22 +233,13 @@ def load(path: Path, advice: str | None = None) -> dict[str, Any]:
 
 
 def config_differences(saved: dict[str, Any], current: DictConfig) -> list[str]:
-    """Dotted keys whose values differ between a checkpoint's config and ``current`` (less the keys
-    that may change across a resume, :data:`RESUMABLE_DIFFERENCES`)."""
-    now = OmegaConf.to_container(current, resolve=True)
-    out: list[str] = []
+    """Dotted keys whose values differ between the identities (npair.identity) of a checkpoint's config and
+    ``current``, less the keys that may change across a resume (:data:`RESUMABLE_DIFFERENCES`)."""
+    def resumable(line: str) -> bool:
+        key = line.split(":", 1)[0]
+        return any(key == k or key.startswith(k + ".") for k in RESUMABLE_DIFFERENCES)
 
-    def walk(a: Any, b: Any, prefix: str) -> None:
-        if any(prefix == k or prefix.startswith(k + ".") for k in RESUMABLE_DIFFERENCES):
-            return
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b), key=str):
-                walk(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{prefix}.{key}" if prefix else str(key))
-        elif a != b:
-            out.append(f"{prefix}: {a!r} -> {b!r}")
-
-    walk(saved, now, "")
-    return out
+    return [line for line in identity.differences(saved, current) if not resumable(line)]
 
 
 def check_config(ckpt: dict[str, Any], cfg: DictConfig, path: Path, explicit: bool) -> None:
@@ -258,8 +273,11 @@ def rng_for_rank(ckpt: dict[str, Any], rank: int) -> dict[str, Any]:
 
 
 def logger_state(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """What the RunLogger had recorded when the checkpoint was written: evaluation history, elapsed time."""
-    return {"history": [dict(h) for h in ckpt.get("history", [])], "elapsed_s": float(ckpt.get("elapsed_s", 0.0))}
+    """What the RunLogger had recorded when the checkpoint was written: evaluation history, elapsed time, the
+    images found unreadable at load time (none in checkpoints written before it kept them)."""
+    return {"history": [dict(h) for h in ckpt.get("history", [])],
+            "elapsed_s": float(ckpt.get("elapsed_s", 0.0)),
+            "skipped_at_load": {k: list(v) for k, v in (ckpt.get("skipped_at_load") or {}).items()}}
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-labels", help="reference labels")
     p.add_argument("--extras", help=".npz or .pt dict with protocol extras (pairs, gallery, probes)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: RUN/checkpoint.pt)")
+    p.add_argument("--trust-config", action="store_true",
+                   help="let the run's stored config instantiate code outside npair and torch.optim")
     p.add_argument(
         "--eval", help="eval config name in configs/eval/ or a YAML path (default: the run's, else retrieval)"
     )
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.device and args.device != "auto"
             else ("cuda" if torch.cuda.is_available() else "cpu")
         )
-        run = load_run(args.run, args.checkpoint, device=device)
+        run = load_run(args.run, args.checkpoint, device=device, trust_config=args.trust_config)
         if args.eval:
             eval_cfg = load_eval_config(args.eval, args.config_dir)
         elif "eval" in run.cfg:

@@ -1,14 +1,17 @@
-"""Guards: impossible configurations fail before training with a message naming the values;
-a non-finite loss or gradient stops the run naming the step.
+"""Guards: settings out of range and impossible configurations fail before training with a message naming
+the values; a non-finite loss or gradient stops the run naming the step.
 
-The pre-flight checks run after the dataset is built and before the sampler, the logger or any
-file of the run exists (the samplers check again, in their own terms).
+:data:`SETTINGS` is the one table of the loop's settings and their allowed ranges, checked by
+:func:`validate_settings` before anything of the run is built or written. The other pre-flight checks
+need the data: they run after the dataset is built and before the sampler, the logger or any file of the
+run exists (the samplers check again, in their own terms).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +24,114 @@ from npair.data.base import DatasetSplits
 
 if TYPE_CHECKING:
     from npair.run_context import Context
+
+# ------------------------------------------------------------------------------ settings and their ranges
+@dataclass(frozen=True)
+class Allowed:
+    """The values a setting may take: ``kind`` int (not bool), number (int or float) or bool, at least
+    ``low`` (above it when ``strict``), or one of ``choices``; ``null`` also allows null."""
+
+    kind: str = "int"
+    low: float | None = None
+    strict: bool = False
+    null: bool = False
+    choices: tuple[str, ...] = ()
+
+    def admits(self, value: Any) -> bool:
+        if value is None:
+            return self.null
+        if self.choices:
+            return str(value).lower() in self.choices
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        numeric = (int,) if self.kind == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric) or not math.isfinite(value):
+            return False
+        return self.low is None or (value > self.low if self.strict else value >= self.low)
+
+    def describe(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(self.choices)
+        elif self.kind == "bool":
+            text = "true or false"
+        else:
+            text = "an integer" if self.kind == "int" else "a number"
+            if self.low is not None:
+                text += f" {'>' if self.strict else '>='} {self.low:g}"
+        return text + (", or null" if self.null else "")
+
+
+def _at_least(low: float, kind: str = "int", null: bool = False) -> Allowed:
+    return Allowed(kind, low, null=null)
+
+
+def _above(low: float, null: bool = False) -> Allowed:
+    return Allowed("number", low, strict=True, null=null)
+
+
+_BOOL, _AUTO_BOOL = Allowed("bool"), Allowed(choices=("auto", "true", "false"))
+# Every setting of the loop that a config or the command line can set to a value it cannot run with, and
+# what it allows (a key a config does not have, e.g. optimizer.momentum for Adam, is not checked).
+SETTINGS: dict[str, tuple[Allowed, str]] = {
+    "seed": (_at_least(0), "seeds python, numpy, torch, the sampler and k-means"),
+    "trainer.max_steps": (_at_least(1), "optimiser steps"),
+    "trainer.eval_every": (_at_least(0), "steps between evaluations; 0 = only at the end"),
+    "trainer.log_every": (_at_least(1), "steps between train_log.csv rows"),
+    "trainer.checkpoint_every": (_at_least(0, null=True), "steps between checkpoints (0: at evaluations)"),
+    "trainer.eval_batch_size": (_at_least(1), "images per batch when embedding for evaluation"),
+    "trainer.num_workers": (_at_least(0), "DataLoader worker processes"),
+    "trainer.threads": (_at_least(1, null=True), "torch CPU threads; null = torch's default"),
+    "trainer.probe_classes": (_at_least(0), "classes of the training-curve probe; 0 = off"),
+    "trainer.grad_clip": (_above(0, null=True), "max gradient norm; null = no clipping"),
+    "trainer.precision": (Allowed(choices=("auto", "32", "fp32", "bf16", "fp16", "16")), "autocast dtype"),
+    "trainer.channels_last": (_AUTO_BOOL, "channels_last memory format"),
+    "trainer.pin_memory": (_AUTO_BOOL, "page-locked host batches"),
+    "trainer.deterministic": (_BOOL, "deterministic torch algorithms"),
+    "trainer.eval_at_start": (_BOOL, "evaluate the untrained model"),
+    "trainer.progress_bar": (_BOOL, "the tqdm bar"),
+    "trainer.save_checkpoint": (_BOOL, "write checkpoint.pt"),
+    "trainer.compile": (_BOOL, "torch.compile the forward"),
+    "trainer.distributed": (_BOOL, "DistributedDataParallel (trainer=ddp)"),
+    "trainer.ddp.timeout_min": (_above(0), "collective timeout in minutes"),
+    "optimizer.lr": (_above(0), "learning rate"),
+    "optimizer.weight_decay": (_at_least(0, "number"), "weight decay"),
+    "optimizer.momentum": (_at_least(0, "number"), "SGD momentum"),
+    "scheduler.gamma": (_above(0), "learning-rate decay factor"),
+    "sampler.n_classes": (_at_least(2), "N classes per batch (the global batch)"),
+    "sampler.n_per_class": (_at_least(2), "M images per class"),
+    "sampler.n_triplets": (_at_least(1), "triplets per batch"),
+    "sampler.n_pairs": (_at_least(1), "pairs per batch"),
+    "dataset.embedding_dim": (_at_least(1), "embedding dimension"),
+    "eval.kmeans_seeds": (_at_least(1), "k-means runs averaged for NMI and F1"),
+    "logger.init_timeout_s": (_above(0), "seconds W&B may take to start"),
+}
+
+
+class SettingsError(ValueError):
+    """Settings out of their allowed range (:data:`SETTINGS`), each named with its value and the range."""
+
+
+def validate_settings(cfg: DictConfig) -> None:
+    """Check every setting of :data:`SETTINGS` that ``cfg`` has; one error listing all that are out of range.
+
+    Call before anything of the run is built or written (npair.train calls it first)."""
+    problems = []
+    for key, (allowed, meaning) in SETTINGS.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, (DictConfig, dict)) else _ABSENT
+        if node is _ABSENT or allowed.admits(node):
+            continue
+        problems.append(f"{key}={node!r}: must be {allowed.describe()} ({meaning})")
+    for k in (cfg.get("eval") or {}).get("ks") or []:
+        if not _at_least(1).admits(k):
+            problems.append(f"eval.ks contains {k!r}: each K must be an integer >= 1 (Recall@K)")
+    if problems:
+        raise SettingsError("settings out of range; nothing of the run was written:\n  "
+                            + "\n  ".join(problems))
+
+
+_ABSENT = object()
 
 # The sampler keys that size a batch. They count the GLOBAL batch; under W ranks each rank draws 1/W.
 BATCH_KEYS = ("n_classes", "n_triplets", "n_pairs")

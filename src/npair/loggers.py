@@ -3,9 +3,11 @@
 W&B never prompts: ``logger.mode=auto`` goes online only when credentials are found (WANDB_API_KEY,
 WANDB_IDENTITY_TOKEN_FILE or a netrc entry from ``wandb login``) and offline otherwise; an explicit
 ``logger.mode=online`` without credentials fails before training; ``logger=none`` turns W&B off entirely.
+W&B gets ``logger.init_timeout_s`` to start; when it does not (no network), the run stops with a message
+saying what to do, and its metrics.json says ``failed`` with the error.
 
-What one W&B run holds (one per training run; a ``-m`` sweep makes one per job, each finished before the
-next starts):
+What one W&B run holds (one per run directory: a run resumed from its checkpoint continues the same W&B run,
+whose id metrics.json keeps; a ``-m`` sweep makes one per job, each finished before the next starts):
 
 - config: the resolved Hydra config;
 - group: ``logger.group`` (``${name}``, i.e. ``<table>/<row>`` for experiment configs), so all seeds of one
@@ -18,10 +20,13 @@ next starts):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
+import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +39,13 @@ from npair.runio import (
     TRAIN_LOG_FILE,
     atomic_write_json,
     atomic_write_text,
+    read_metrics,
 )
 from npair.wandb_source import wait_for_exit_record, wandb_api_key_available
 
 if TYPE_CHECKING:
     from npair.checkpoint import Resumed
+    from npair.data.base import DatasetSplits
 
 log = logging.getLogger("npair.loggers")
 
@@ -47,6 +54,7 @@ SUMMARY_HEADER_KEYS = (
     "name",
     "seed",
     "config_hash",
+    "group_hash",
     "similarity",
     "dataset",
     "loss",
@@ -123,6 +131,26 @@ def wandb_dir(cfg: DictConfig, run_dir: Path) -> Path:
     return Path(cfg.logger.get("dir") or os.environ.get("WANDB_DIR") or run_dir)
 
 
+class WandbStartError(RuntimeError):
+    """W&B did not start (no network within ``logger.init_timeout_s``, refused credentials, ...)."""
+
+
+# ------------------------------------------------------------------------------------ skipped images
+def count_skipped(splits: DatasetSplits,
+                  carried: dict[str, list[str]]) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """metrics.json's ``skipped_images`` (:meth:`DatasetSplits.skipped_images`: skipped at the header scan and
+    at load time, per split) with the files found unreadable at load time before a resume (``carried``, from
+    the checkpoint) counted in, each file once; and those files, for the next checkpoint."""
+    counts = dict(splits.skipped_images())
+    files: dict[str, list[str]] = {}
+    for split in ("train", "test"):
+        seen = set(carried.get(split, [])) | set(getattr(getattr(splits, split), "runtime_skipped", []))
+        files[split] = sorted(seen)
+        counts[f"{split}_at_load"] = max(int(counts.get(f"{split}_at_load", 0)), len(seen))
+    counts["total"] = sum(v for k, v in counts.items() if k != "total")
+    return counts, files
+
+
 # ------------------------------------------------------------------------------------ the logger
 class RunLogger:
     """Writes a run's local record and mirrors it to W&B.
@@ -146,7 +174,10 @@ class RunLogger:
     )
     OFFLINE_FLUSH_TIMEOUT_S = 30.0  # finish(): how long to wait for wandb to write the offline run file
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, header: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, cfg: DictConfig, header: dict[str, Any], wandb_id: str | None = None,
+                 splits: DatasetSplits | None = None) -> None:
+        """``wandb_id``: continue that W&B run (a resumed run directory's, from its metrics.json) instead of
+        starting one; ``splits``: the run's data, whose skipped images metrics.json counts at the end."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.start = time.time()
@@ -158,17 +189,25 @@ class RunLogger:
             "final": {},
             "wall_time_s": 0.0,
         }
-        self._csv_file = open(self.run_dir / TRAIN_LOG_FILE, "w", newline="")
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=self.CSV_FIELDS, extrasaction="ignore")
-        self._csv.writeheader()
+        self.splits, self._skipped_carried = splits, {}
+        _STARTED_HERE.add(self.run_dir.resolve())  # failures_recorded: this process's record of the run
         self.wandb_run = None
         self.wandb_mode: str | None = None
+        self._wandb_continues = False  # the W&B run already holds this run's record up to the resumed step
         self._evals_sent = 0  # entries of record["history"] already logged to W&B
+        self.flush()  # metrics.json exists before anything can fail (W&B included): a failure is recorded
+        self._csv_file = open(self.run_dir / TRAIN_LOG_FILE, "w", newline="")  # noqa: SIM115 (finish closes)
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=self.CSV_FIELDS, extrasaction="ignore")
+        self._csv.writeheader()
         if cfg.logger.name == "wandb":
-            self._start_wandb(cfg)
+            try:
+                self._start_wandb(cfg, wandb_id)
+            except BaseException:
+                self._csv_file.close()
+                raise
         self.flush()
 
-    def _start_wandb(self, cfg: DictConfig) -> None:
+    def _start_wandb(self, cfg: DictConfig, wandb_id: str | None) -> None:
         mode = resolve_wandb_mode(str(cfg.logger.get("mode", "auto")))
         if mode == "disabled":
             return
@@ -178,23 +217,36 @@ class RunLogger:
         directory = wandb_dir(cfg, self.run_dir)
         directory.mkdir(parents=True, exist_ok=True)
         self.wandb_mode = mode
-        if directory == self.run_dir:  # one wandb/ per run directory: find them all under the outputs tree
-            self._sync_all = f"wandb sync $(find {cfg.paths.output_dir} -type d -name 'offline-run-*')"
-        else:  # a shared wandb/ folder (WANDB_DIR or logger.dir)
-            self._sync_all = f"cd {directory} && wandb sync --yes"
-        self.wandb_run = wandb.init(
-            project=str(cfg.logger.project),
-            entity=cfg.logger.get("entity"),
-            group=str(cfg.logger.get("group") or cfg.name),
-            job_type=str(cfg.logger.get("job_type") or "train"),
-            name=f"{cfg.name}/seed{cfg.seed}",
-            tags=run_tags(cfg),
-            config=OmegaConf.to_container(cfg, resolve=True),
-            dir=str(directory),
-            mode=mode,
-            reinit="finish_previous",  # a sweep job never appends to the previous job's run
-            settings=wandb.Settings(silent=True, console="off"),
-        )
+        self._wandb_continues = wandb_id is not None
+        group = str(cfg.logger.get("group") or cfg.name)
+        # The id is chosen, and kept in metrics.json, before W&B starts: a resume continues this W&B run.
+        self.record["wandb"] = {"mode": mode, "id": wandb_id or secrets.token_hex(6),  # no global RNG drawn
+                                "project": str(cfg.logger.project), "group": group}
+        self.flush()
+        timeout = float(cfg.logger.get("init_timeout_s") or 60)
+        try:
+            self.wandb_run = wandb.init(
+                project=str(cfg.logger.project),
+                entity=cfg.logger.get("entity"),
+                group=group,
+                job_type=str(cfg.logger.get("job_type") or "train"),
+                name=f"{cfg.name}/seed{cfg.seed}",
+                tags=run_tags(cfg),
+                config=OmegaConf.to_container(cfg, resolve=True),
+                dir=str(directory),
+                mode=mode,
+                id=self.record["wandb"]["id"],
+                resume="allow",  # the same id again: continue that run (a resumed run directory)
+                reinit="finish_previous",  # a sweep job never appends to the previous job's run
+                settings=wandb.Settings(silent=True, console="off", init_timeout=timeout),
+            )
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise WandbStartError(
+                f"W&B ({mode}) did not start within logger.init_timeout_s={timeout:g} s: {first}. Check the "
+                "network and the W&B credentials, or run with logger.mode=offline (upload later with "
+                "`wandb sync`) or logger=none; metrics.json records this failure"
+            ) from err
         self.wandb_run.summary.update(
             {
                 "status": "running",
@@ -202,18 +254,14 @@ class RunLogger:
                 **{k: self.record.get(k) for k in SUMMARY_HEADER_KEYS},
             }
         )
-        self.record["wandb"] = {
-            "mode": mode,
-            "id": self.wandb_run.id,
-            "project": str(cfg.logger.project),
-            "group": str(cfg.logger.get("group") or cfg.name),
-            "dir": str(Path(self.wandb_run.dir).parent),
-        }
+        self.record["wandb"]["dir"] = str(Path(self.wandb_run.dir).parent)
 
     def state(self) -> dict[str, Any]:
-        """What a checkpoint keeps of this record (:meth:`restore` takes it back): the evaluation history
-        and the time elapsed since the run first started."""
-        return {"history": self.record["history"], "elapsed_s": time.time() - self.start}
+        """What a checkpoint keeps of this record (:meth:`restore` takes it back): the evaluation history,
+        the time elapsed since the run first started and the images found unreadable at load time."""
+        skipped = count_skipped(self.splits, self._skipped_carried)[1] if self.splits is not None else {}
+        return {"history": self.record["history"], "elapsed_s": time.time() - self.start,
+                "skipped_at_load": skipped}
 
     def last_evaluation(self) -> dict[str, float]:
         """The metrics of the latest evaluation in the history ({} when there is none)."""
@@ -226,15 +274,18 @@ class RunLogger:
         first start."""
         self.record["history"] = list(state["history"])
         self.start = time.time() - state["elapsed_s"]
+        self._skipped_carried = {k: list(v) for k, v in (state.get("skipped_at_load") or {}).items()}
+        if self._wandb_continues:  # the same W&B run already has them
+            self._evals_sent = len(self.record["history"])
         for row in rows:
-            self.log_train(row)
+            self.log_train(row, to_wandb=not self._wandb_continues)
         self.flush()
 
-    def log_train(self, row: dict[str, Any]) -> None:
+    def log_train(self, row: dict[str, Any], to_wandb: bool = True) -> None:
         row = {**row, "elapsed_s": round(time.time() - self.start, 3)}
         self._csv.writerow(row)
         self._csv_file.flush()
-        if self.wandb_run is not None:
+        if self.wandb_run is not None and to_wandb:
             self._send_evals(before=int(row["step"]))
             self.wandb_run.log(
                 {f"train/{k}": v for k, v in row.items() if k != "step" and v is not None},
@@ -271,6 +322,8 @@ class RunLogger:
         self.record["status"] = status
         self.record["final"] = dict(final)
         self.record.update(extra or {})
+        if self.splits is not None:  # after the final evaluation read the test images
+            self.record["skipped_images"] = count_skipped(self.splits, self._skipped_carried)[0]
         self.flush()
         self._csv_file.close()
         if self.wandb_run is None:
@@ -297,13 +350,14 @@ class RunLogger:
                     run_file,
                     self.OFFLINE_FLUSH_TIMEOUT_S,
                 )
-            message = (
-                f"W&B offline run saved in {offline_dir}\n"
-                f"  upload it with: wandb sync {offline_dir}\n"
-                f"  (every offline run at once: {self._sync_all})"
-            )
-            print(message, flush=True)
-            log.info(message.replace("\n", " "))
+            print(sync_hint(offline_dir, self.record["wandb"]["id"]), flush=True)  # once, on stdout only
+
+
+def sync_hint(offline_dir: Path, run_id: str) -> str:
+    """How to upload one W&B run written offline: every ``offline-run-*-<id>`` folder of it (a resumed run
+    directory writes one more, with the same id), uploaded as that one run."""
+    return (f"W&B offline run {run_id} saved in {offline_dir}\n"
+            f"  upload it with: wandb sync {offline_dir.parent}/offline-run-*-{run_id}")
 
 
 # ------------------------------------------------------------------------------------ resuming
@@ -357,18 +411,58 @@ class SilentLogger:
 
 
 def open_run_logger(run_dir: Path, cfg: DictConfig, header: dict[str, Any], is_main: bool,
-                    resumed: Resumed | None) -> RunLogger | SilentLogger:
+                    resumed: Resumed | None, splits: DatasetSplits | None = None) -> RunLogger | SilentLogger:
     """Rank 0 alone writes the run directory and talks to W&B: it writes config.yaml and opens a
     :class:`RunLogger`, which continues a resumed run's record (history, elapsed time, train_log rows up to
-    its step); the other ranks get a :class:`SilentLogger`."""
+    its step, the W&B run); the other ranks get a :class:`SilentLogger`."""
     log.info("run %s: %s | %s | %s on %s × %d (%d train / %d test images)", run_dir, header["loss"],
              header["sampler"], header["dataset"], header["device"], header["world_size"], header["n_train"],
              header["n_test"])
     if not is_main:
         return SilentLogger()
+    wandb_id = None
+    if resumed is not None:  # the W&B run of the interrupted run, kept in its metrics.json
+        wandb_id = ((read_metrics(run_dir) or {}).get("wandb") or {}).get("id")
     atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     carried_rows = previous_train_rows(run_dir / TRAIN_LOG_FILE, resumed.step) if resumed is not None else []
-    logger = RunLogger(run_dir, cfg, header)
+    logger = RunLogger(run_dir, cfg, header, wandb_id=wandb_id, splits=splits)
     if resumed is not None:
         logger.restore(resumed.logger_state, carried_rows)
     return logger
+
+
+_STARTED_HERE: set[Path] = set()  # run directories whose RunLogger this process opened (failures_recorded)
+
+
+@contextlib.contextmanager
+def failures_recorded(run_dir: Path, is_main: bool) -> Iterator[None]:
+    """A run that stops with an error after its metrics.json exists ends with that metrics.json saying
+    ``failed`` (``interrupted`` for Ctrl-C) and naming the error, wherever the error came from (set-up, W&B,
+    the loop). Only a record that a RunLogger opened inside the block, still ``running``, is changed (never a
+    record an earlier run left); the error is re-raised."""
+    key = Path(run_dir).resolve()
+    _STARTED_HERE.discard(key)
+    try:
+        yield
+    except BaseException as err:
+        if is_main and key in _STARTED_HERE:
+            record_failure(run_dir, err)
+        raise
+    finally:
+        _STARTED_HERE.discard(key)
+
+
+def record_failure(run_dir: Path, err: BaseException) -> None:
+    """Mark the metrics.json in ``run_dir`` ``failed`` (``interrupted``) with ``err``, if it still says
+    ``running`` and this process wrote it."""
+    try:
+        record = read_metrics(run_dir)
+    except ValueError:
+        return
+    if not record or record.get("status") != "running" or record.get("pid") != os.getpid():
+        return
+    interrupted = isinstance(err, KeyboardInterrupt)
+    record["status"] = "interrupted" if interrupted else "failed"
+    if not interrupted:
+        record["error"] = f"{type(err).__name__}: {err}"
+    atomic_write_json(run_dir / METRICS_FILE, record)

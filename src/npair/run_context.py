@@ -50,7 +50,8 @@ log = logging.getLogger("npair.run_context")
 
 @dataclass(frozen=True)
 class Context:
-    """This process's place in the run: rank, local rank (its GPU), world size, backend."""
+    """This process's place in the run: rank, local rank (its GPU), world size, backend (None: no process
+    group; a launched ``trainer=ddp`` run joins one even at world size 1)."""
 
     rank: int = 0
     local_rank: int = 0
@@ -59,7 +60,8 @@ class Context:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether this process is in a process group (and its collectives and DDP are used)."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -70,7 +72,8 @@ SINGLE = Context()
 
 
 def setup(trainer: DictConfig, device: torch.device) -> tuple[Context, torch.device]:
-    """Join the process group when ``trainer.distributed`` and a launcher started several processes.
+    """Join the process group when ``trainer.distributed`` and a launcher (torchrun, SLURM tasks) started
+    this process, at any world size (``torchrun --nproc_per_node=1`` included).
 
     Returns the context and this rank's device (``cuda:LOCAL_RANK`` on CUDA). One process without a
     launcher runs as a plain single-process run, even with ``trainer=ddp``.
@@ -89,7 +92,7 @@ def setup(trainer: DictConfig, device: torch.device) -> tuple[Context, torch.dev
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if "RANK" not in os.environ:  # no launcher announced ranks
         log.info("trainer=ddp in a single process (no torchrun/SLURM tasks): training without DDP")
         return SINGLE, device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

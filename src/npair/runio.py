@@ -1,19 +1,20 @@
-"""Run-directory I/O: atomic writes, provenance (git commit, config hash), metrics.json schema, the names of
+"""Run-directory I/O: atomic writes, provenance (git commit), metrics.json schema, the names of
 a run's files, and where a run's data lives when it is read from elsewhere."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import stat
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 METRICS_SCHEMA_VERSION = 1
 # The files of a run directory.
@@ -23,18 +24,45 @@ CONFIG_FILE = "config.yaml"        # the resolved config
 TRAIN_LOG_FILE = "train_log.csv"   # one row per log step (npair.loggers.RunLogger.CSV_FIELDS)
 REEVAL_DIR = "eval"                # <run>/eval/<slug>.json: a table row's evaluate_with re-evaluation
 
-# Keys that say where/how a run is logged, not what it computes: excluded from the config hash.
-_HASH_EXCLUDED = ("paths", "logger", "tags")
-_HASH_EXCLUDED_TRAINER = ("progress_bar", "num_workers", "eval_batch_size", "save_checkpoint", "log_every", "resume",
-                          "checkpoint_every", "pin_memory", "threads")
+
+
+TEMP_SUFFIX = ".tmp"  # atomic writes go through .<name>.<random>.tmp beside the file (remove_temp_files)
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """This process's umask: from /proc on Linux, else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return umask
+
+
+def plain_open_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` would leave: the existing file's, else 0o666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same directory and os.replace: readers never see a partial file."""
+    """Write via a temporary file in the same directory and os.replace: readers never see a partial file.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (the umask's, or those of the
+    file it replaces), not the 0600 of a temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, plain_open_mode(path))
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -71,16 +99,6 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """SHA-256 (first 16 hex digits) of the resolved config, less logging/location keys."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in _HASH_EXCLUDED:
-        container.pop(key, None)
-    for key in _HASH_EXCLUDED_TRAINER:
-        container.get("trainer", {}).pop(key, None)
-    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def git_commit(repo_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """The commit of the code that ran and whether the work tree had changes; nulls outside git."""
     cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parent
@@ -108,6 +126,20 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 def is_complete(run_dir: str | os.PathLike) -> bool:
     metrics = read_metrics(run_dir)
     return bool(metrics) and metrics.get("status") == "completed"
+
+
+def remove_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that atomic writes killed half-way left in ``run_dir`` (and its eval/):
+    ``.<file>.<random>.tmp``. The files they were replacing are whole. Call only while holding the run
+    directory's lock (npair.locks): another process's write in progress looks the same. Returns them."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / REEVAL_DIR):
+        if folder.is_dir():
+            for path in sorted(folder.glob(f".*{TEMP_SUFFIX}")):
+                if path.is_file() and path.name.count(".") >= 3:  # .<name>.<random>.tmp
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
 
 
 # ------------------------------------------------------------------------------ a run's data

@@ -9,12 +9,22 @@
 A table spec (``configs/table/<name>.yaml``) lists rows (an experiment config each), seeds and metrics,
 the paper's reference numbers and the bolding rule; or ``include:`` a list of other tables. Runs live in
 ``outputs/runs/<experiment>/seed<k>/``; a run whose ``metrics.json`` says ``completed`` is never re-run.
-Each table is written to ``outputs/tables/<name>.{md,csv,tex}``.
+Each table is written to ``outputs/tables/<name>.{md,csv,tex}``, naming the config hashes of its runs.
+
+Which runs a table uses (:func:`check_runs`): a run directory is used only for the config the table composes
+now, seed for seed (npair.identity; paths and cosmetic keys aside), and only when its metrics.json belongs
+to its config.yaml. Any other run directory (``stale``: another config; ``unverified``: a metrics.json its
+config.yaml does not account for) stops the build, naming each one and the keys that differ, unless
+``--rerun-stale``, which moves each aside (``seed0.stale-<its hash>``, nothing deleted) and trains it again.
+A build holds a lock per table (npair.locks): a second build of a table waits for the first; a run that
+another process is training is skipped, waited for, and then aggregated (or trained, if it did not finish).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import csv
 import io
 import json
@@ -23,7 +33,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +41,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from npair import identity, locks
 from npair.configuration import CONFIG_DIR
 from npair.errors import DEBUG_ENV, add_debug_option, run_cli
-from npair.runio import METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete
+from npair.runio import METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete, read_metrics
 from npair.stats import mean_se
 
 
@@ -48,6 +59,8 @@ class Cell:
     expected: int
     paper: float | None = None
     runs: int = 0  # completed runs; runs > 0 with n == 0 means the metric does not apply to this row
+    group_hash: str | None = None  # the row's runs' config hash without the seed (npair.identity)
+    config_hashes: tuple[str, ...] = ()  # "<seed>:<config hash>" of each run aggregated
 
     @property
     def missing(self) -> bool:
@@ -174,18 +187,166 @@ def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictCo
     return cfg
 
 
-# ------------------------------------------------------------------------------------ running
-def missing_runs(specs: list[TableSpec], root: Path) -> dict[str, list[int]]:
-    """Experiment → seeds without a completed run, over all the given tables (shared runs counted once)."""
-    missing: dict[str, list[int]] = {}
+Composer = Callable[[str, int], DictConfig]
+
+
+def composer(overrides: list[str]) -> Composer:
+    """``compose(experiment, seed)``: :func:`compose_run` with ``overrides``, composed once per experiment
+    (the seed is set on a copy: interpolations of ``${seed}`` resolve to it as when composed with it)."""
+    cache: dict[str, DictConfig] = {}
+
+    def compose(experiment: str, seed: int) -> DictConfig:
+        if experiment not in cache:
+            cache[experiment] = compose_run(experiment, seed, overrides)
+        cfg = copy.deepcopy(cache[experiment])
+        cfg.seed = int(seed)
+        return cfg
+
+    return compose
+
+
+# ------------------------------------------------------------------------------------ which runs
+@dataclass(frozen=True)
+class RunCheck:
+    """What a table finds in one run directory, for the config it composes now.
+
+    ``state``: ``completed`` (usable), ``missing`` (to train or resume), ``stale`` (it holds another config:
+    ``reason`` names the differing keys) or ``unverified`` (metrics.json says completed but does not belong
+    to its config.yaml: ``reason`` says why).
+    """
+
+    experiment: str
+    seed: int
+    run_dir: Path
+    state: str
+    reason: str = ""
+    stored_hash: str | None = None  # the hash of the config the directory holds, if any
+
+    @property
+    def usable(self) -> bool:
+        return self.state == "completed"
+
+
+def check_run(experiment: str, seed: int, root: Path, compose: Composer) -> RunCheck:
+    """:class:`RunCheck` of one run directory against ``compose(experiment, seed)``."""
+    run_dir = run_dir_of(root, experiment, seed)
+    record = read_metrics(run_dir)
+    stored = identity.stored_config(run_dir)
+    stored_hash = identity.config_hash(stored) if stored is not None else (record or {}).get("config_hash")
+    if stored is not None:
+        diffs = identity.differences(stored, compose(experiment, seed))
+        if diffs:
+            return RunCheck(experiment, seed, run_dir, "stale", identity.listing(diffs), stored_hash)
+    if record and record.get("status") == "completed":
+        problem = identity.record_problem(run_dir, record)
+        if problem:
+            return RunCheck(experiment, seed, run_dir, "unverified", problem, stored_hash)
+        return RunCheck(experiment, seed, run_dir, "completed", stored_hash=stored_hash)
+    return RunCheck(experiment, seed, run_dir, "missing", stored_hash=stored_hash)
+
+
+def check_runs(specs: list[TableSpec], root: Path, compose: Composer) -> list[RunCheck]:
+    """Every run of the given tables, once each (tables share runs), in table order."""
+    seen: dict[tuple[str, int], RunCheck] = {}
     for spec in specs:
         for row in spec.rows:
             for seed in spec.seeds:
-                if not is_complete(run_dir_of(root, row.experiment, seed)):
-                    seeds = missing.setdefault(row.experiment, [])
-                    if seed not in seeds:
-                        seeds.append(seed)
+                if (row.experiment, seed) not in seen:
+                    seen[row.experiment, seed] = check_run(row.experiment, seed, root, compose)
+    return list(seen.values())
+
+
+def stale_message(bad: list[RunCheck]) -> str:
+    many = "y" if len(bad) == 1 else "ies"
+    lines = [f"stopped: {len(bad)} run director{many} would be reused for another config than the table "
+             + "composes now:"]
+    for check in bad:
+        what = "another config" if check.state == "stale" else "an unverified result"
+        lines.append(f"  {check.run_dir} ({what}, config {check.stored_hash or 'unknown'}): {check.reason}")
+    lines.append("Rebuild with the overrides those runs were trained with, or add --rerun-stale to move each "
+                 "aside (to <dir>.stale-<hash>; nothing is deleted) and train it again.")
+    return "\n".join(lines)
+
+
+def move_aside(check: RunCheck) -> Path:
+    """Rename a stale run directory to ``<name>.stale-<hash>`` (``-2``, ``-3`` ... if taken), holding its lock
+    (a process training in it is waited for). Returns the new path."""
+    run_dir = check.run_dir
+    with locks.locked(locks.run_lock(run_dir), on_wait=lambda who: print(
+            f"{run_dir} is in use by {who}: waiting before moving it aside", flush=True)):
+        base = run_dir.with_name(f"{run_dir.name}.stale-{check.stored_hash or 'unknown'}")
+        target, n = base, 1
+        while target.exists():
+            n += 1
+            target = base.with_name(f"{base.name}-{n}")
+        os.rename(run_dir, target)
+    print(f"moved {check.state} run {run_dir} aside to {target}", flush=True)
+    return target
+
+
+@contextlib.contextmanager
+def table_locks(specs: list[TableSpec], root: Path) -> Iterator[None]:
+    """Hold the build lock of every given table (in name order), waiting for another build of one of them."""
+    held: list[locks.Lock] = []
+    try:
+        for name in sorted({spec.name for spec in specs}):
+            lock = locks.table_lock(root / "tables", name)
+            lock.acquire(on_wait=lambda who, name=name: print(
+                f"another build of table {name} is running ({who}): waiting for it to finish", flush=True))
+            held.append(lock)
+        yield
+    finally:
+        for lock in reversed(held):
+            lock.release()
+
+
+# ------------------------------------------------------------------------------------ running
+def missing_runs(checks: list[RunCheck]) -> dict[str, list[int]]:
+    """Experiment → seeds to train (``missing``), from :func:`check_runs`."""
+    missing: dict[str, list[int]] = {}
+    for check in checks:
+        if check.state == "missing":
+            missing.setdefault(check.experiment, []).append(check.seed)
     return missing
+
+
+def busy_runs(missing: dict[str, list[int]], root: Path) -> dict[tuple[str, int], str]:
+    """The runs of ``missing`` that another process is training now, and who."""
+    busy = {}
+    for experiment, seeds in missing.items():
+        for seed in seeds:
+            who = locks.holder(locks.run_lock(run_dir_of(root, experiment, seed)).path)
+            if who is not None:
+                busy[experiment, seed] = who
+    return busy
+
+
+def train_missing(specs: list[TableSpec], root: Path, overrides: list[str], jobs: int, compose: Composer,
+                  rerun_stale: bool) -> None:
+    """Train what the tables miss. A run another process is training is skipped, waited for, then looked
+    at again (and trained here if it did not complete there); stale runs stop the build or, with
+    ``rerun_stale``, are moved aside and trained again."""
+    for attempt in range(2):
+        checks = check_runs(specs, root, compose)
+        bad = [c for c in checks if c.state in ("stale", "unverified")]
+        if bad and not rerun_stale:
+            raise SystemExit(stale_message(bad))
+        for check in bad:
+            move_aside(check)
+        missing = missing_runs(check_runs(specs, root, compose) if bad else checks)
+        busy = busy_runs(missing, root) if attempt == 0 else {}
+        for (experiment, seed), who in busy.items():
+            print(f"{run_dir_of(root, experiment, seed)} is being trained by {who}: skipped here; this build "
+                  "waits for it before aggregating", flush=True)
+            missing[experiment].remove(seed)
+        launch({e: seeds for e, seeds in missing.items() if seeds}, root, overrides, jobs, compose)
+        if not busy:
+            return
+        for experiment, seed in busy:
+            run_dir = run_dir_of(root, experiment, seed)
+            with locks.locked(locks.run_lock(run_dir)):
+                pass
+            print(f"{run_dir}: the other process is done", flush=True)
 
 
 def check_data(cfg: DictConfig) -> str | None:
@@ -198,14 +359,29 @@ def check_data(cfg: DictConfig) -> str | None:
     return None
 
 
-def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs: int) -> int:
+def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs: int,
+           compose: Composer | None = None) -> int:
     """Train the missing runs with Hydra multiruns (the joblib launcher, ``jobs`` at a time).
 
     Experiments missing the same seeds form one sweep ``experiment=<a>,<b>,... seed=<seeds>``; each job writes
-    ``<root>/runs/<experiment>/seed<k>/``. Returns the number of runs launched.
+    ``<root>/runs/<experiment>/seed<k>/``. Every run's settings are checked (npair.guards) and its data
+    looked for before anything starts. Returns the number of runs launched.
     """
-    problems = {problem for experiment, seeds in missing.items()
-                if (problem := check_data(compose_run(experiment, seeds[0], overrides)))}
+    from npair.guards import SettingsError, validate_settings
+
+    compose = compose or composer(overrides)
+    problems, invalid = set(), []
+    for experiment, seeds in missing.items():
+        for seed in seeds:
+            cfg = compose(experiment, seed)
+            try:
+                validate_settings(cfg)
+            except SettingsError as err:
+                invalid.append(f"{experiment} seed {seed}: {str(err).split(chr(10), 1)[1].strip()}")
+            if problem := check_data(cfg):
+                problems.add(problem)
+    if invalid:
+        raise SystemExit("stopped before training: settings out of range.\n" + "\n".join(invalid))
     if problems:
         raise SystemExit("stopped before training: data is missing.\n" + "\n".join(sorted(problems)))
     groups: dict[tuple[int, ...], list[str]] = {}
@@ -219,7 +395,7 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
                f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={root / 'runs'}",
                "hydra.sweep.subdir=${name}/seed${seed}", *overrides]
         print(f"training {plural(n, 'run')}: {', '.join(experiments)} × seeds {list(seeds)}", flush=True)
-        result = subprocess.run(cmd)
+        result = subprocess.run(cmd, check=False)
         if result.returncode != 0:
             raise SystemExit(f"training failed (exit {result.returncode}); command:\n  {' '.join(cmd)}")
         launched += n
@@ -227,7 +403,10 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
 
 
 def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> None:
-    """Evaluate a completed run's final checkpoint under ``row.evaluate_with``; writes eval/<slug>.json."""
+    """Evaluate a completed run's final checkpoint under ``row.evaluate_with``; writes eval/<slug>.json.
+
+    The model is rebuilt from the config the table composes (which the run's own config matches,
+    :func:`check_runs`), never from the run directory's: only the checkpoint's weights are read."""
     import torch
 
     from npair.build import evaluate_model, load_run, make
@@ -240,6 +419,7 @@ def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> Non
     metrics = evaluate_model(run.model, run.loss_fn, run.splits, evaluator, cfg, torch.device("cpu"))
     atomic_write_json(run_dir / REEVAL_DIR / f"{row.eval_slug}.json", {
         "status": "completed", "evaluate_with": row.evaluate_with, "step": run.step,
+        "run_config_hash": (read_metrics(run_dir) or {}).get("config_hash"),
         "similarity": getattr(evaluator, "similarity", None), "final": metrics})
 
 
@@ -250,36 +430,44 @@ def evaluate_missing(specs: list[TableSpec], root: Path, overrides: list[str]) -
         evaluate_again(root, row, seed, overrides)
 
 
-def dry_run(specs: list[TableSpec], root: Path, overrides: list[str]) -> str:
-    """Print every run of the tables with its state and resolved config; return (and print) the summary."""
-    runs: dict[tuple[str, int], bool] = {}  # (experiment, seed) -> completed; shared runs counted once
+def dry_run(specs: list[TableSpec], root: Path, compose: Composer) -> str:
+    """Print every run, its state (:class:`RunCheck`: done, missing, stale, unverified) and resolved config;
+    return (and print) the summary."""
+    runs: dict[tuple[str, int], str] = {}  # (experiment, seed) -> done, missing, stale, unverified; counted once
     reevaluations: set[tuple[str, int, str]] = set()  # (experiment, seed, evaluation), counted once
     data_missing: set[str] = set()
     for spec in specs:
         for row in spec.rows:
             for seed in spec.seeds:
-                cfg = compose_run(row.experiment, seed, overrides)
-                done = runs[(row.experiment, seed)] = is_complete(spec.run_dir(root, row, seed))
+                cfg = compose(row.experiment, seed)
+                check = check_run(row.experiment, seed, root, compose)
+                state = runs[(row.experiment, seed)] = "done" if check.usable else check.state
                 if row.evaluate_with:
                     reevaluations.add((row.experiment, seed, row.eval_slug))
-                if not done and (problem := check_data(cfg)):
+                if state != "done" and (problem := check_data(cfg)):
                     data_missing.add(problem)
                 extra = f" then evaluated with {row.evaluate_with}" if row.evaluate_with else ""
-                print(f"--- {spec.name} / {row.label} / seed {seed} [{'done' if done else 'missing'}] -> "
-                      f"{spec.run_dir(root, row, seed)}{extra}")
+                print(f"--- {spec.name} / {row.label} / seed {seed} [{state}] -> {check.run_dir}{extra}")
+                if check.reason:
+                    print(f"    {check.reason}")
                 print(OmegaConf.to_yaml(cfg, resolve=True))
     summary = dry_run_summary(specs, runs, len(reevaluations), sorted(data_missing))
     print(summary)
     return summary
 
 
-def dry_run_summary(specs: list[TableSpec], runs: dict[tuple[str, int], bool], reevaluations: int,
+def dry_run_summary(specs: list[TableSpec], runs: dict[tuple[str, int], str], reevaluations: int,
                     data_missing: list[str]) -> str:
-    """The last lines of a dry run: tables, distinct runs (done / to train), re-evaluations, missing data."""
-    done = sum(runs.values())
+    """The last lines of a dry run: tables, distinct runs (done / to train, and how many of those hold another
+    config or an unverified result), re-evaluations, missing data."""
+    states = list(runs.values())
+    done, blocked = states.count("done"), states.count("stale") + states.count("unverified")
     lines = [f"=== dry run: {plural(len(specs), 'table')} ({', '.join(s.name for s in specs)}), "
              f"{plural(len(runs), 'distinct run')}: {done} done, {len(runs) - done} to train; "
              f"{plural(reevaluations, 're-evaluation')} of trained runs"]
+    if blocked:
+        lines.append(f"{blocked} of the runs to train hold another config or an unverified result: the build "
+                     "stops on them unless --rerun-stale moves them aside")
     if data_missing:
         lines.append(f"{plural(len(data_missing), 'dataset')} missing for the runs to train "
                      "(training would stop before it starts):")
@@ -299,23 +487,43 @@ Lookup = Callable[[Row, int], "dict[str, Any] | None"]
 
 
 def local_lookup(spec: TableSpec, root: Path) -> Lookup:
-    """Results from run directories: metrics.json, or a re-evaluation's JSON for ``evaluate_with`` rows."""
+    """Results from run directories: metrics.json, or a re-evaluation's JSON for ``evaluate_with`` rows, each
+    with its run's ``config_hash`` and ``group_hash``. A completed run whose metrics.json does not belong to
+    its config.yaml is refused (npair.identity.record_problem), naming it."""
 
     def lookup(row: Row, seed: int) -> dict[str, Any] | None:
-        path = spec.result_path(root, row, seed)
-        return json.loads(path.read_text()) if path.exists() else None
+        run_dir, path = spec.run_dir(root, row, seed), spec.result_path(root, row, seed)
+        if not path.exists():
+            return None
+        result = json.loads(path.read_text())
+        if result.get("status") != "completed":
+            return result
+        record = read_metrics(run_dir) or {}
+        if problem := identity.record_problem(run_dir, record):
+            raise ValueError(f"{run_dir} is not aggregated: {problem}. Train it again (python -m "
+                             "npair.tables ... --rerun-stale moves it aside)")
+        group = identity.run_group_hash(run_dir)
+        return {**result, "config_hash": record["config_hash"], "group_hash": group}
 
     return lookup
 
 
-def wandb_lookup(project: str, entity: str | None = None) -> Lookup:
-    """Results from a W&B project (runs grouped by experiment name); re-evaluated rows are not on W&B."""
+def wandb_lookup(project: str, entity: str | None = None, compose: Composer | None = None) -> Lookup:
+    """Results from a W&B project (runs grouped by experiment name); re-evaluated rows are not on W&B. With
+    ``compose``, only runs of the config it composes count (by config hash: the current hash, or the
+    version-1 hash of runs logged before it)."""
     from npair.wandb_source import fetch_records, select_record
 
     records = fetch_records(project, entity=entity)
 
     def lookup(row: Row, seed: int) -> dict[str, Any] | None:
-        return None if row.evaluate_with else select_record(records, name=row.experiment, seed=seed)
+        if row.evaluate_with:
+            return None
+        expected = None
+        if compose is not None:
+            cfg = compose(row.experiment, seed)
+            expected = {identity.config_hash(cfg), identity.legacy_config_hash(cfg)}
+        return select_record(records, name=row.experiment, seed=seed, config_hash=expected)
 
     return lookup
 
@@ -325,11 +533,14 @@ def collect(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> dict[s
     lookup = lookup or local_lookup(spec, root)
     table: dict[str, dict[str, Cell]] = {}
     for row in spec.rows:
-        finals = []
+        finals, hashes, groups = [], [], {}
         for seed in spec.seeds:
             metrics = lookup(row, seed)
             if metrics and metrics.get("status") == "completed":
                 finals.append(metrics.get("final", {}))
+                hashes.append(f"{seed}:{metrics.get('config_hash') or '?'}")
+                groups[seed] = metrics.get("group_hash")
+        group = one_group(spec, row, groups)
         table[row.label] = {}
         for metric in spec.metrics:
             key = metric["key"]
@@ -337,8 +548,19 @@ def collect(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> dict[s
             mean, se = mean_se(values)
             paper = row.paper.get(key)
             table[row.label][key] = Cell(mean, se, len(values), len(spec.seeds), None if paper is None else float(paper),
-                                         runs=len(finals))
+                                         runs=len(finals), group_hash=group, config_hashes=tuple(hashes))
     return table
+
+
+def one_group(spec: TableSpec, row: Row, groups: dict[int, str | None]) -> str | None:
+    """The group hash shared by a row's runs (npair.identity.group_hash); mixing configurations is an error
+    naming each seed's hash (None when no run records one)."""
+    known = {seed: g for seed, g in groups.items() if g}
+    if len(set(known.values())) > 1:
+        named = ", ".join(f"seed {seed}: {g}" for seed, g in known.items())
+        raise ValueError(f"table {spec.name}, row {row.label!r} ({row.experiment}): its runs are different "
+                         f"configurations, not seeds of one ({named}); train them with one config")
+    return next(iter(known.values()), None)
 
 
 def bold_masks(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> dict[str, list[bool]]:
@@ -391,20 +613,30 @@ def to_markdown(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
         out.write(f" Paper numbers: {spec.paper_source}.")
     if spec.notes:
         out.write(f" {spec.notes.strip()}")
-    out.write("\n")
+    out.write(f"\n\n{hash_footer(spec, table)}\n")
     return out.getvalue()
+
+
+def hash_footer(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
+    """One line naming each row's config hash (the runs' ``group_hash``: their config without the seed)."""
+    parts = []
+    for row in spec.rows:
+        cell = next(iter(table[row.label].values()), None)
+        parts.append(f"{row.label} `{cell.group_hash if cell and cell.group_hash else '—'}`")
+    return "Config hashes (seed excluded; `group_hash` in each run's metrics.json): " + ", ".join(parts) + "."
 
 
 def to_csv(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff",
-                     "completed_runs", "metric_label"])
+                     "completed_runs", "metric_label", "group_hash", "config_hashes"])
     for row in spec.rows:
         for metric in spec.metrics:
             c = table[row.label][metric["key"]]
             writer.writerow([spec.name, row.label, metric["key"], c.mean, c.se, c.n, c.expected, c.paper, c.diff,
-                             c.runs, metric.get("label", metric["key"])])
+                             c.runs, metric.get("label", metric["key"]), c.group_hash or "",
+                             " ".join(c.config_hashes)])
     return out.getvalue()
 
 
@@ -422,7 +654,7 @@ def to_latex(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
                 f" $\\pm$ {_fmt(c.se, spec.decimals)}" if c.se is not None else "")
             cells.append(f"\\textbf{{{text}}}" if bold[k][i] else text)
         lines.append(row.label.replace("_", r"\_") + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}", "% " + hash_footer(spec, table), ""]
     return "\n".join(lines)
 
 
@@ -446,7 +678,7 @@ def write_table(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> di
     if spec.curves:
         runs = {label: [d for seed in spec.seeds if is_complete(d := spec.run_dir(root, by_label[label], seed))]
                 for by_label in [{r.label: r for r in spec.rows}] for label in spec.curves["rows"]}
-        if all(runs.values()):
+        if all(runs.values()):  # training_curves refuses runs of different configs under one label
             paths["curves"] = training_curves(runs, root / "figures" / f"{spec.name}_curves.png",
                                               title=spec.curves.get("title", ""))
     return paths
@@ -463,6 +695,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="runs trained at once (default: 1 with a GPU, else 2 or the number of CPU cores if fewer)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds replacing the tables' own (quick checks)")
     parser.add_argument("--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="move run directories of another config aside (<dir>.stale-<hash>), train again")
     add_debug_option(parser)
     args = parser.parse_intermixed_args(argv)  # assignments may come before, between or after the options
     args.table, args.source, args.project, args.entity, args.overrides = "mini", "local", None, None, []
@@ -476,6 +710,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"source={args.source!r}: use source=local (run directories) or source=wandb project=<name>")
     if args.source == "wandb" and not args.project:
         parser.error("source=wandb needs project=<W&B project> (and entity=<team> if not your default)")
+    if args.rerun_stale and args.no_train:
+        parser.error("--rerun-stale trains the stale runs again: it cannot go with --no-train")
     return args
 
 
@@ -488,29 +724,35 @@ def main(argv: list[str] | None = None) -> None:
     if args.seeds:
         for spec in specs:
             spec.seeds = [int(seed) for seed in args.seeds.split(",")]
+    compose = composer(args.overrides)
     if args.dry_run:
-        dry_run(specs, root, args.overrides)
+        dry_run(specs, root, compose)
         return
     start = time.time()
     if args.source == "wandb":  # aggregate a W&B project: nothing is trained
         for spec in specs:
-            paths = write_table(spec, root, wandb_lookup(args.project, args.entity))
+            paths = write_table(spec, root, wandb_lookup(args.project, args.entity, compose))
             print(paths["md"].read_text())
         return
     if args.jobs is None:
         import torch
 
         args.jobs = 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
-    if not args.no_train:
-        from npair.selection import select_and_train
+    with table_locks(specs, root):
+        if args.no_train:
+            bad = [c for c in check_runs(specs, root, compose) if c.state in ("stale", "unverified")]
+            if bad:
+                raise SystemExit(stale_message(bad))
+        else:
+            from npair.selection import select_and_train
 
-        select_and_train(specs, root, args.overrides, args.jobs)  # rows with select: choose, then train
-        launch(missing_runs(specs, root), root, args.overrides, args.jobs)
-        evaluate_missing(specs, root, args.overrides)
-    for spec in specs:
-        paths = write_table(spec, root)
-        print(paths["md"].read_text())
-        print("wrote " + ", ".join(str(p) for p in paths.values()) + "\n")
+            select_and_train(specs, root, args.overrides, args.jobs)  # rows with select: choose, then train
+            train_missing(specs, root, args.overrides, args.jobs, compose, args.rerun_stale)
+            evaluate_missing(specs, root, args.overrides)
+        for spec in specs:
+            paths = write_table(spec, root)
+            print(paths["md"].read_text())
+            print("wrote " + ", ".join(str(p) for p in paths.values()) + "\n")
     print(f"done in {time.time() - start:.0f} s")
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from npair import checkpoint as ckpt
-from npair import collectives, errors, guards, run_context, sampler_defaults
+from npair import collectives, errors, guards, locks, run_context, sampler_defaults
 from npair.build import (
     attach_embedder,
     autocast_dtype,
@@ -46,10 +46,10 @@ from npair.build import (
 )
 from npair.configuration import CONFIG_DIR, register_resolvers
 from npair.data.base import DatasetSplits
-from npair.loggers import open_run_logger
+from npair.loggers import failures_recorded, open_run_logger
 from npair.probe import batch_accuracy
 from npair.run_context import Context
-from npair.runio import CHECKPOINT_FILE
+from npair.runio import CHECKPOINT_FILE, remove_temp_files
 
 log = logging.getLogger("npair.train")
 
@@ -61,13 +61,26 @@ register_resolvers()
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train and evaluate one configuration; rank 0 writes everything into ``run_dir``. Returns final metrics.
 
-    Under torchrun with ``trainer=ddp`` every rank calls this (npair.run_context: what W ranks change).
+    The settings are checked first (npair.guards.SETTINGS). Rank 0 then holds the run directory's lock
+    (npair.locks; another process training into it is waited for), removes the temporary files of writes
+    killed half-way, and records any failure in metrics.json. Under torchrun with ``trainer=ddp`` every rank
+    calls this (npair.run_context: what W ranks change).
     """
+    guards.validate_settings(cfg)  # before anything of the run is built or written
+    run_dir = Path(run_dir)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
     ctx, device = run_context.setup(cfg.trainer, pick_device(str(cfg.trainer.device)))
+
+    def waiting(holder: str) -> None:
+        log.warning("%s is in use by %s: waiting until it is done", run_dir, holder)
+
     try:
-        return train(cfg, Path(run_dir), ctx, device)
+        with (locks.locked(locks.run_lock(run_dir), on_wait=waiting, enabled=ctx.is_main),
+              failures_recorded(run_dir, ctx.is_main)):
+            if ctx.is_main:
+                remove_temp_files(run_dir)
+            return train(cfg, run_dir, ctx, device)
     finally:
         run_context.teardown(ctx)
 
@@ -75,7 +88,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) -> dict[str, float]:
     """One run on this rank: its parts, restored when resuming; the step loop; the final evaluation."""
     trainer = cfg.trainer
-    resume = collectives.on_main(lambda: ckpt.plan(trainer.resume, run_dir), ctx)
+    resume = collectives.on_main(lambda: ckpt.plan(trainer.resume, run_dir, cfg), ctx)
     if resume.completed is not None:  # left alone
         return resume.completed
     run_context.gather_negatives(cfg, ctx)
@@ -106,7 +119,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     resumed = ckpt.restore(resume, stateful, cfg, ctx, run_dir)  # None, or the states of the interrupted run
     resumed_at = resumed.step if resumed else None
     header = run_header(cfg, splits, evaluator, device, amp_dtype, probe, ctx.world_size, resumed_at)
-    logger = open_run_logger(run_dir, cfg, header, ctx.is_main, resumed)
+    logger = open_run_logger(run_dir, cfg, header, ctx.is_main, resumed, splits)
     saver = ckpt.Checkpointer(run_dir / CHECKPOINT_FILE, stateful, logger, cfg, ctx, trainer.save_checkpoint,
                               resumed_at)
 

@@ -294,6 +294,7 @@ def record_from_run(
         "status": status,
         "final": final,
         "config_hash": summary.get("config_hash"),
+        "group_hash": summary.get("group_hash"),
         "similarity": summary.get("similarity") or eval_cfg.get("similarity"),
         "dataset": summary.get("dataset") or (config.get("dataset") or {}).get("name"),
         "loss": summary.get("loss") or (config.get("loss") or {}).get("name"),
@@ -392,10 +393,13 @@ def fetch_records(
 
 
 def select_record(
-    records: Iterable[dict[str, Any]], name: str, seed: int, config_hash: str | None = None
+    records: Iterable[dict[str, Any]], name: str, seed: int, config_hash: str | Iterable[str] | None = None
 ) -> dict[str, Any] | None:
     """The record for one (experiment name, seed) cell: the latest completed run with that name and seed
-    (and config hash, when given); None when there is none. Records are assumed oldest first."""
+    (and config hash, or one of several, when given); None when there is none. Records are assumed oldest
+    first."""
+    wanted = {config_hash} if isinstance(config_hash, str) else config_hash
+    wanted = None if wanted is None else set(wanted)
     chosen = None
     for record in records:
         if (
@@ -404,7 +408,7 @@ def select_record(
             or record.get("status") != "completed"
         ):
             continue
-        if config_hash is not None and record.get("config_hash") != config_hash:
+        if wanted is not None and record.get("config_hash") not in wanted:
             continue
         chosen = record
     return chosen

@@ -17,7 +17,6 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from npair.data.base import DatasetSplits
+from npair.runio import atomic_torch_save
 
 
 class InMemoryImages(torch.utils.data.Dataset):
@@ -164,18 +164,6 @@ def generate_glyphs(
     return images, labels
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def build_glyphs(root: str | os.PathLike, n_classes: int = 400, images_per_class: int = 50,
                  image_size: int = 32, seed: int = 0, cache: bool = True, **generator_kwargs) -> DatasetSplits:
     """Generated glyphs; the first half of the classes trains, the unseen second half tests.
@@ -212,7 +200,8 @@ def build_glyphs(root: str | os.PathLike, n_classes: int = 400, images_per_class
     else:
         images, labels = generate_glyphs(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items()})
         if cache:
-            _atomic_save({"images": images, "labels": torch.from_numpy(labels), "params": params}, path)
+            # atomic, and readable as the umask allows (colleagues on a shared machine reuse the cache)
+            atomic_torch_save(path, {"images": images, "labels": torch.from_numpy(labels), "params": params})
     is_train = labels < n_classes // 2
     train = InMemoryImages(images[is_train], _relabel(labels[is_train]))
     test = InMemoryImages(images[~is_train], _relabel(labels[~is_train]))

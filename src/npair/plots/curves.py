@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from npair.identity import require_one_setting
 from npair.plots.style import STYLE, label_colours, save_figure, steps_formatter
 from npair.runio import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
 from npair.stats import mean_se
@@ -127,7 +128,8 @@ def training_curves(
 ) -> Path:
     """The paper's training-curve figure (paper.md §5.5) from the runs' train_log.csv files.
 
-    ``runs`` maps a legend label ("triplet", "60-pair-ovo", "60-pair-mc") to run directories (seeds; the mean
+    ``runs`` maps a legend label ("triplet", "60-pair-ovo", "60-pair-mc") to run directories (seeds of one
+    config: runs of different configs under one label are an error naming them, npair.identity; the mean
     is plotted, with a ± SE band when ``band``). Panel (a): N-way and 2-way loss of the fixed probe batch;
     panel (b): N-way and 2-way accuracy (%). Dotted horizontal lines mark the final N-way accuracy of every
     model but ``lead`` (default: the first label containing "mc", else the last), and a circle marks the
@@ -149,6 +151,7 @@ def training_curves(
         dirs = [Path(d) for d in dirs]
         if not dirs:
             raise ValueError(f"training_curves: label {label!r} has no run directories")
+        group = require_one_setting(f"training_curves: label {label!r}", dirs)  # seeds of one config only
         logs = [read_train_log(d) for d in dirs]
         curves = {m: c for m, col in MEASURES.items() if (c := mean_curve(logs, col)) is not None}
         if not curves:  # no probe: the run's own loss and batch accuracy
@@ -160,6 +163,7 @@ def training_curves(
                 curve["mean"] = [v * ACCURACY_SCALE for v in curve["mean"]]
                 curve["se"] = None if curve["se"] is None else [v * ACCURACY_SCALE for v in curve["se"]]
             curve["runs"] = [str(d) for d in dirs]
+            curve["group_hash"] = group
         series[label] = curves
 
     shown = "smoothed" if smooth > 1 else "mean"
