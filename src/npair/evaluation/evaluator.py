@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from . import EmbeddingSet
+from .embedding_set import EmbeddingSet
 from .clustering import KMEANS_BACKENDS, clustering_scores, resolve_kmeans_backend
 from .knn import BACKENDS, check_similarity, iter_knn, iter_retrieval, prepare_embeddings, resolve_backend
 from .metrics import (
