@@ -46,7 +46,7 @@ import numpy as np
 
 from .knn import iter_knn
 from .metrics import mean_and_standard_error
-from .verification import pair_scores
+from .exact import pair_scores
 
 FaceProtocol = Callable[..., dict[str, float]]
 FACE_PROTOCOLS: dict[str, FaceProtocol] = {}
