@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from .embedding_set import EmbeddingSet
 from .clustering import KMEANS_BACKENDS, clustering_scores, resolve_kmeans_backend
-from .knn import BACKENDS, check_similarity, iter_knn, iter_retrieval, prepare_embeddings, resolve_backend
+from .embedding_set import EmbeddingSet
+from .knn import BACKENDS, check_similarity, iter_knn, prepare_embeddings
 from .metrics import (
     average_precision_at_r_per_query,
     logits_accuracy,
@@ -53,6 +53,7 @@ from .metrics import (
     positives_per_query,
     r_precision_per_query,
 )
+from .retrieval import search_self
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +265,7 @@ class Evaluator:
                 f"Recall@K with K={k_first_hit} needs more than K other items, but the test set has only "
                 f"{n} items ({n - 1} candidates per query); lower ks"
             )
-        used = resolve_backend(self.backend, self.device, max(k_first_hit, k_top) + 1)
-        first_hit = np.empty(n, dtype=np.int64)
-        ap = np.full(n, np.nan)
-        rp = np.full(n, np.nan)
-        for start, first, matches in iter_retrieval(
+        ranks = search_self(
             x,
             labels,
             k_top=k_top,
@@ -277,27 +274,18 @@ class Evaluator:
             backend=self.backend,
             device=self.device,
             chunk_size=self.chunk_size,
-        ):
-            rows = slice(start, start + len(first))
-            first_hit[rows] = first
-            if k_top:
-                ok = valid[rows]
-                r = positives[rows][ok]
-                query_ids = np.arange(start, start + len(first))[ok]
-                if "map_at_r" in wants:
-                    ap[query_ids] = average_precision_at_r_per_query(matches[ok], r)
-                if "r_precision" in wants:
-                    rp[query_ids] = r_precision_per_query(matches[ok], r)
+        )
         out: dict[str, float] = {}
         if "recall" in wants:
             for kk in self.ks:
-                out[f"recall@{kk}"] = float((first_hit[valid] < kk).mean())
+                out[f"recall@{kk}"] = float((ranks.first_hit[valid] < kk).mean())
+        matches, r = ranks.top_matches[valid], positives[valid]
         if "map_at_r" in wants:
-            out["map@r"] = float(ap[valid].mean())
+            out["map@r"] = float(average_precision_at_r_per_query(matches, r).mean())
         if "r_precision" in wants:
-            out["r_precision"] = float(rp[valid].mean())
+            out["r_precision"] = float(r_precision_per_query(matches, r).mean())
         out["recall_excluded_singletons"] = float(n_single)
-        meta.update(knn_backend=used, knn_k=max(k_first_hit, k_top), device=self.device)
+        meta.update(knn_backend=ranks.backend, knn_k=max(k_first_hit, k_top), device=self.device)
         return out
 
     def _knn_accuracy(

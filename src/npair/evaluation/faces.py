@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
+from .exact import pair_scores
 from .knn import iter_knn
 from .metrics import mean_and_standard_error
-from .exact import pair_scores
 
 FaceProtocol = Callable[..., dict[str, float]]
 FACE_PROTOCOLS: dict[str, FaceProtocol] = {}
