@@ -9,7 +9,8 @@ formal definition (``paper.md`` §8 #14, (c)). Our definition, the likely readin
 * ``q`` is correct when the positive is strictly more similar than every negative
   (a tie with a negative counts as wrong);
 * VRF = fraction of correct queries; the draw is repeated for every seed, and the
-  result is the mean over seeds ± the standard error of that mean.
+  result is the mean over seeds ± the standard error of that mean
+  (``vrf_neg{k}_se_negative_draws``: across draws for one embedding, not across training runs).
 
 Queries whose class has a single test item have no positive: they are excluded and
 counted (``vrf_excluded_singletons``). ``k`` larger than the number of other classes is
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .exact import pair_scores
+from .keys import spread_key
 from .metrics import mean_and_standard_error
 
 _BLOCK = 2**22  # elements per temporary block (bounds memory for large C or k·D)
@@ -93,8 +95,9 @@ def vrf_accuracy(
 def vrf_scores(
     x: np.ndarray, labels: np.ndarray, negatives: Sequence[int], *, seeds: Sequence[int], similarity: str
 ) -> dict[str, float]:
-    """``vrf_neg{k}`` (mean over seeds), ``vrf_neg{k}_se`` (when >= 2 seeds) and
-    ``vrf_excluded_singletons`` for every k in ``negatives``."""
+    """``vrf_neg{k}`` (mean over seeds), ``vrf_neg{k}_se_negative_draws`` (standard error
+    across the draws of negatives, when >= 2 seeds) and ``vrf_excluded_singletons`` for
+    every k in ``negatives``."""
     out: dict[str, float] = {}
     excluded = 0
     for k in negatives:
@@ -105,6 +108,6 @@ def vrf_scores(
         mean, se = mean_and_standard_error(values)
         out[f"vrf_neg{k}"] = mean
         if len(values) > 1:
-            out[f"vrf_neg{k}_se"] = se
+            out[spread_key(f"vrf_neg{k}", "negative_draws")] = se
     out["vrf_excluded_singletons"] = float(excluded)
     return out
