@@ -16,14 +16,18 @@ SIMILARITIES = ["cosine", "inner_product", "euclidean"]
 
 def oracle(x, labels, similarity):
     """Full float64 ranking of each prepared item against all others (ties by index):
-    first-hit rank and same-class flags of the whole list."""
+    first-hit rank and same-class flags of each query's first R neighbours (R: its
+    number of positives; False beyond)."""
     n = len(x)
     i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     full = pair_scores(x, i, j, similarity)
     np.fill_diagonal(full, -np.inf)
     order = np.lexsort((np.broadcast_to(np.arange(n), full.shape), -full), axis=1)[:, : n - 1]
     matches = labels[order] == labels[:, None]
-    return np.where(matches.any(1), matches.argmax(1), n - 1), matches
+    first = np.where(matches.any(1), matches.argmax(1), n - 1)
+    r = np.bincount(labels)[labels] - 1
+    at_r = matches[:, : r.max()] & (np.arange(r.max())[None, :] < r[:, None])
+    return first, at_r
 
 
 def tie_heavy(seed, n=300, similarity="cosine"):
@@ -50,17 +54,21 @@ def test_symmetric_blocks_are_exact(similarity, block, tile_cols):
     for seed in range(4):
         x, labels = tie_heavy(seed, similarity=similarity)
         first, matches = oracle(x, labels, similarity)
-        r = int(np.bincount(labels).max()) - 1
         got = search_self(
-            x, labels, k_top=r, k_first_hit=len(x) - 1, similarity=similarity,
+            x, labels, at_r=True, k_first_hit=len(x) - 1, similarity=similarity,
             backend="torch", block=block, tile_cols=tile_cols,
         )  # fmt: skip
+        alone = search_self(
+            x, labels, at_r=True, k_first_hit=0, similarity=similarity,
+            backend="torch", block=block, tile_cols=tile_cols,
+        )  # fmt: skip
+        np.testing.assert_array_equal(alone.matches_at_r, matches, err_msg=f"seed {seed}")
         has_positive = np.bincount(labels)[labels] > 1
         np.testing.assert_array_equal(
             got.first_hit[has_positive], first[has_positive], err_msg=f"seed {seed}"
         )
         assert (got.first_hit[~has_positive] == len(x) - 1).all()
-        np.testing.assert_array_equal(got.top_matches, matches[:, :r], err_msg=f"seed {seed}")
+        np.testing.assert_array_equal(got.matches_at_r, matches, err_msg=f"seed {seed}")
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
@@ -69,13 +77,13 @@ def test_faiss_backend_gives_the_same_ranks(similarity):
     for seed in range(4):
         x, labels = tie_heavy(seed, similarity=similarity)
         first, matches = oracle(x, labels, similarity)
-        got = search_self(x, labels, k_top=5, k_first_hit=50, similarity=similarity, backend="faiss")
+        got = search_self(x, labels, at_r=True, k_first_hit=50, similarity=similarity, backend="faiss")
         assert got.backend == "faiss-cpu"
         has_positive = np.bincount(labels)[labels] > 1
         np.testing.assert_array_equal(
             np.minimum(got.first_hit, 50)[has_positive], np.minimum(first, 50)[has_positive]
         )
-        np.testing.assert_array_equal(got.top_matches, matches[:, :5])
+        np.testing.assert_array_equal(got.matches_at_r, matches)
 
 
 def test_a_class_larger_than_the_block():
@@ -83,9 +91,9 @@ def test_a_class_larger_than_the_block():
     labels = np.r_[np.zeros(150, np.int64), rng.integers(1, 30, 150)]
     x = prepare_embeddings(rng.normal(size=(300, 5)).astype(np.float32), "cosine")
     first, matches = oracle(x, labels, "cosine")
-    got = search_self(x, labels, k_top=149, k_first_hit=299, similarity="cosine", block=32, tile_cols=50)
+    got = search_self(x, labels, at_r=True, k_first_hit=299, similarity="cosine", block=32, tile_cols=50)
     np.testing.assert_array_equal(got.first_hit, first)
-    np.testing.assert_array_equal(got.top_matches, matches[:, :149])
+    np.testing.assert_array_equal(got.matches_at_r, matches)
 
 
 def test_class_aligned_blocks():
@@ -99,4 +107,26 @@ def test_class_aligned_blocks():
 def test_k_beyond_the_set_is_an_error(backend):
     x, labels = tie_heavy(0, n=50)
     with pytest.raises(ValueError, match="k=50 neighbours requested.*49 candidates"):
-        search_self(x, labels, k_top=0, k_first_hit=50, backend=backend)
+        search_self(x, labels, k_first_hit=50, backend=backend)
+
+
+def test_lists_full_of_ties_fall_back_to_a_search_of_their_own(monkeypatch):
+    """Nine distinct points for 300 items: every query's best negatives tie far beyond its
+    list, so MAP@R must take those queries through the exact search, and stay exact."""
+    from npair.evaluation import retrieval
+
+    searched = []
+    real = retrieval._matches_by_search
+    monkeypatch.setattr(retrieval, "_matches_by_search", lambda *a, **k: searched.append(1) or real(*a, **k))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 15, 300)
+    grid = rng.integers(-1, 2, (300, 2)).astype(np.float32) + np.array([0, 0.5], np.float32)
+    for similarity in SIMILARITIES:
+        x = prepare_embeddings(grid, similarity)
+        first, matches = oracle(x, labels, similarity)
+        got = search_self(
+            x, labels, at_r=True, k_first_hit=299, similarity=similarity, block=32, tile_cols=50
+        )
+        np.testing.assert_array_equal(got.matches_at_r, matches)
+        np.testing.assert_array_equal(got.first_hit, first)
+    assert len(searched) == 3

@@ -296,7 +296,7 @@ class Evaluator:
         ranks = search_self(
             x,
             labels,
-            k_top=k_top,
+            at_r=bool(k_top),
             k_first_hit=k_first_hit,
             similarity=self.similarity,
             backend=self.backend,
@@ -307,7 +307,7 @@ class Evaluator:
         if "recall" in wants:
             for kk in self.ks:
                 out[f"recall@{kk}"] = float((ranks.first_hit[valid] < kk).mean())
-        matches, r = ranks.top_matches[valid], positives[valid]
+        matches, r = ranks.matches_at_r[valid], positives[valid]
         if "map_at_r" in wants:
             out["map@r"] = float(average_precision_at_r_per_query(matches, r).mean())
         if "r_precision" in wants:

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-_BLOCK = 2**22  # elements per temporary block
+_BLOCK = 2**16  # elements per temporary block (a block that stays in cache is ~4x faster)
 UNIT_ROUNDOFF = 2.0**-24  # float32
 SAFETY = 2.0  # margin on the rounding-error bound
 
@@ -52,11 +52,14 @@ def pair_scores(
     step = max(1, _BLOCK // max(1, x.shape[1]))
     for s in range(0, flat_i.size, step):
         a = x[flat_i[s : s + step]].astype(np.float64)
-        b = y[flat_j[s : s + step]].astype(np.float64)
+        b = y[flat_j[s : s + step]]  # float32, widened exactly by the operations below
         if similarity == "euclidean":
-            flat_out[s : s + step] = -((a - b) ** 2).sum(axis=1)
+            a -= b
+            a *= a
+            flat_out[s : s + step] = -a.sum(axis=1)
         else:
-            flat_out[s : s + step] = (a * b).sum(axis=1)
+            a *= b
+            flat_out[s : s + step] = a.sum(axis=1)
     return out
 
 
