@@ -1,6 +1,6 @@
 """A test set searched against itself: the rank of every query's first same-class
-neighbour (Recall@K for every K at once) and the same-class flags of its top-R list
-(MAP@R, R-precision), each query excluded by index.
+neighbour (Recall@K for every K at once) and the same-class flags of its first R
+neighbours (MAP@R, R-precision), each query excluded by index.
 
 Ranking rule, whatever the backend: decreasing float64 similarity of the prepared
 embeddings, exact ties in increasing index (:mod:`npair.evaluation.exact`; the query is
@@ -20,21 +20,30 @@ two blocks). Then
    time) holds only negatives; it is computed once and counted twice: along its rows
    for the queries of ``I`` and along its columns for the queries of ``J``.
 
-A query's first-hit rank is the number of negatives scoring above ``β``: float32
-counts decide every item farther than the error bound ``e`` from ``β``; the few within
-``±e`` are collected where they are found and decided in float64 (ties: lower index
-first). The top-R lists for MAP@R are kept the same way: each tile contributes its best
-R along rows and along columns to a running top-R per query, which also remembers the
-best score it dropped; a query whose cut at R is then within ``2e`` of a dropped score
-is searched again on its own (:func:`~npair.evaluation.knn.iter_knn`).
+*Recall@K.* A query's first-hit rank is the number of negatives scoring above ``β``:
+float32 counts decide every item farther than the error bound ``e`` from ``β``; the few
+within ``±e`` are collected where they are found and decided in float64 (ties: lower
+index first). No top-k over ``n`` columns: Recall@1000 costs what Recall@1 costs.
 
-The work is ``n²/2 + n·block/2`` products instead of ``n²`` (0.55 n² at n = 5,000), and
-no top-k over ``n`` columns for Recall@1000: the counts give every rank exactly. On CPU
-the comparisons run in numpy on each product tile while it is still in cache; on CUDA
-in torch.
+*MAP@R.* A query's R positives (and their float64 scores) are all in its diagonal
+block. Only its best R negatives can move a positive within the first R ranks, so each
+tile hands over the negatives at or above the query's *extraction threshold*: at first
+just below its lowest positive, then, once R negatives are held, ``2e`` below the R-th
+of them (a negative below that is beaten exactly by R others). The positives' ranks
+follow from comparing them with those negatives, near scores in float64. A query whose
+list is too full to be sure (a near tie at its last slot) is searched on its own
+(:func:`~npair.evaluation.knn.iter_knn`).
+
+Cost: ``n²/2 + n·block/2`` products instead of ``n²`` (0.55 n² at n = 5,000) and, per
+tile, a few comparisons of each score while the tile is in cache. On CPU the tiles are
+shared among worker threads, each running single-threaded products (so no thread of a
+parallel product spins while the comparisons run); on CUDA one stream runs them, with
+the comparisons in torch.
 
 The faiss backend searches ``max(K, R)`` neighbours per query
-(:func:`~npair.evaluation.knn.iter_candidates`) and decides the same ranks from them.
+(:func:`~npair.evaluation.knn.iter_candidates`) and decides the same ranks from them;
+so does the torch backend for classes so large that ``n × R`` lists would not fit
+(:data:`MAX_LIST_ENTRIES`).
 """
 
 from __future__ import annotations
