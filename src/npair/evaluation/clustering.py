@@ -21,9 +21,11 @@ Backends:
   evaluator's device), random initialisation from ``seed`` (k distinct points), empty
   clusters re-seeded by splitting a large cluster as faiss does. Useful on a GPU when
   faiss has no GPU support.
-* ``"auto"``: faiss when importable, else scikit-learn. (At SOP scale on the 2-core
-  development machine faiss k-means took 146 s per seed and torch 224 s; see
-  ``scripts/bench_evaluator.py``.)
+* ``"auto"``: faiss when importable, else scikit-learn (``scripts/bench_evaluator.py
+  --kmeans`` times faiss k-means per seed against PML's NMI).
+
+Seeds run one after another by default; ``jobs`` runs several at once in threads, each
+with its share of the CPU threads (worth it only where one k-means cannot use every core).
 
 Different backends draw different initialisations, so NMI/F1 agree between them only up
 to k-means' seed-to-seed noise; for a fixed backend and seed they are deterministic.

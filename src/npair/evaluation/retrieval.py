@@ -224,8 +224,8 @@ class _Counter:
     thresholds, along the tile's rows and along its columns, in one pass over the tile.
 
     On CPU in numpy: the tile is cut into pieces of 128 rows, each compared with every
-    threshold while it is in cache, with uint16 partial sums (a tile is at most 65,535
-    wide). On CUDA in torch."""
+    threshold while it is in cache, with uint16 partial sums (uint32 for a tile wider
+    than 65,535). On CUDA in torch."""
 
     PIECE = 128
 
@@ -250,13 +250,14 @@ class _Counter:
         row_counts = [np.zeros(height, dtype=np.int64) for _ in rows]
         col_counts = [np.zeros(width, dtype=np.int64) for _ in cols]
         taken: dict[tuple[int, int], list] = {}
+        sum_type = np.uint16 if width < 2**16 else np.uint32  # (a class of > 65,535 items: a wide diagonal)
         for r0 in range(0, height, self.PIECE):
             piece = sn[r0 : r0 + self.PIECE]
             buf = self._buffer[: len(piece), :width]
             for side, thresholds, counts in ((1, row_t, row_counts), (0, col_t, col_counts)):
                 for k, ((kind, t), out) in enumerate(zip(thresholds, counts, strict=True)):
                     _NUMPY[kind](piece, t[r0 : r0 + self.PIECE] if side == 1 else t, out=buf)
-                    partial = buf.view(np.uint8).sum(side, dtype=np.uint16)
+                    partial = buf.view(np.uint8).sum(side, dtype=sum_type)
                     if side == 1:
                         out[r0 : r0 + len(piece)] = partial
                     else:
