@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from npair import identity, locks
 from npair.configuration import CONFIG_DIR
 from npair.errors import DEBUG_ENV, add_debug_option, run_cli
+from npair.evaluation.keys import read_metric
 from npair.runio import METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete, read_metrics
 from npair.stats import mean_se
 
@@ -544,7 +545,8 @@ def collect(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> dict[s
         table[row.label] = {}
         for metric in spec.metrics:
             key = metric["key"]
-            values = [float(f[key]) * spec.scale for f in finals if f.get(key) is not None]
+            found = [read_metric(f, key) for f in finals]  # current or legacy key names (npair.evaluation.keys)
+            values = [float(v) * spec.scale for v in found if v is not None]
             mean, se = mean_se(values)
             paper = row.paper.get(key)
             table[row.label][key] = Cell(mean, se, len(values), len(spec.seeds), None if paper is None else float(paper),

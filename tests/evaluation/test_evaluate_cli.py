@@ -60,7 +60,7 @@ def test_cli_on_npy_writes_json_and_prints_a_table(saved, capsys):
 
 @pytest.mark.parametrize("files", [("e.pt", "l.pt"), ("both.npz", None)])
 def test_cli_on_pt_and_npz(saved, files):
-    tmp, x, labels = saved
+    tmp, _, _ = saved
     args = ["--embeddings", str(tmp / files[0])] + (["--labels", str(tmp / files[1])] if files[1] else [])
     out = tmp / "r.json"
     main(

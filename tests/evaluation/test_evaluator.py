@@ -109,9 +109,14 @@ def _all_metric_evaluator(backend, similarity):
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
 @pytest.mark.parametrize("similarity", ["cosine", "inner_product", "euclidean"])
-def test_faiss_and_torch_backends_agree_on_all_metrics(similarity):
+@pytest.mark.parametrize("integer_valued", [False, True])
+def test_faiss_and_torch_backends_agree_on_all_metrics(similarity, integer_valued):
     x, labels = clustered(seed=4)
     xr, labels_r = clustered(n=300, seed=5)
+    if integer_valued:  # exact ties and duplicates everywhere: the backends must still be identical
+        x, xr = np.round(x / 2), np.round(xr / 2)
+        x[np.abs(x).sum(1) == 0, 0] = 1
+        xr[np.abs(xr).sum(1) == 0, 0] = 1
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(len(x), 25))
     i, j = rng.integers(0, len(x), (2, 200))
@@ -129,8 +134,23 @@ def test_faiss_and_torch_backends_agree_on_all_metrics(similarity):
     assert {"lfw_acc", "rank1", "dir@far=1%", "knn_acc", "vrf_neg5", "map@r", "f1"} <= set(results[0])
     assert results[0].keys() == results[1].keys()
     for key in results[0]:
-        assert results[0][key] == pytest.approx(results[1][key], abs=1e-6), key
+        assert results[0][key] == results[1][key], key  # identical, not merely close
     assert results[0].meta["knn_backend"] == "torch" and results[1].meta["knn_backend"] == "faiss-cpu"
+
+
+# from one query, items 0 and 1 tie exactly at the cut of rank 2 (one right, one wrong)
+TIE_X = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0.6, 0.8, 0], [0, 0, 1], [0, 0.1, 1]], np.float32)
+TIE_Y = np.array([1, 0, 0, 1, 2, 2])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_at_the_cut_are_ordered_by_index_in_every_backend(backend):
+    out = Evaluator(metrics=["recall", "map_at_r"], ks=[1, 2], similarity="cosine", backend=backend)(
+        EmbeddingSet(TIE_X, TIE_Y)
+    )
+    # query 3: item 2 (0.8, other class), then items 0 and 1 tied at 0.6: item 0 (same class) first
+    assert out["recall@2"] == pytest.approx(4 / 6)
+    assert out["recall@1"] == pytest.approx(2 / 6)
 
 
 def test_result_records_similarity_and_is_a_float_dict():
@@ -138,7 +158,7 @@ def test_result_records_similarity_and_is_a_float_dict():
     ev = Evaluator(metrics=["recall", "nmi"], ks=[1, 2], similarity="euclidean", kmeans_seeds=2)
     result = ev(EmbeddingSet(x, labels))
     assert ev.similarity == "euclidean" and result.meta["similarity"] == "euclidean"
-    assert set(result) == {"recall@1", "recall@2", "recall_excluded_singletons", "nmi", "nmi_se"}
+    assert set(result) == {"recall@1", "recall@2", "recall_excluded_singletons", "nmi", "nmi_se_kmeans_seeds"}
     assert all(isinstance(v, float) for v in result.values())
 
 
@@ -146,9 +166,9 @@ def test_kmeans_uses_test_class_count_and_averages_seeds():
     x, labels = clustered(noise=0.05)
     result = Evaluator(metrics=["nmi", "f1"], kmeans_seeds=[3, 4, 5])(EmbeddingSet(x, labels))
     assert result.meta["kmeans_k"] == 25 and result.meta["kmeans_seeds"] == [3, 4, 5]
-    assert result["nmi"] > 0.9 and "f1_se" in result
+    assert result["nmi"] > 0.9 and "f1_se_kmeans_seeds" in result
     one = Evaluator(metrics=["nmi", "f1"], kmeans_seeds=1)(EmbeddingSet(x, labels))
-    assert "nmi_se" not in one  # no standard error from a single seed
+    assert "nmi_se_kmeans_seeds" not in one  # no standard error from a single seed
 
 
 # ---------------------------------------------------------------- seen-class protocol
@@ -261,3 +281,51 @@ def test_eval_configs_instantiate(path):
 def test_config_k_lists():
     assert list(OmegaConf.load(EVAL_CONFIG_DIR / "retrieval.yaml").ks) == [1, 2, 4, 8]
     assert list(OmegaConf.load(EVAL_CONFIG_DIR / "sop.yaml").ks) == [1, 10, 100, 1000]
+
+
+# ---------------------------------------------------------------- labels, empty and degenerate sets
+
+
+def test_empty_test_set_is_an_error():
+    train = EmbeddingSet(np.eye(3, dtype=np.float32), np.array([0, 1, 2]))
+    empty = EmbeddingSet(np.zeros((0, 3), np.float32), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="the test set is empty"):
+        Evaluator(metrics=["knn_acc"])(empty, reference=train)
+    with pytest.raises(ValueError, match="the reference set is empty"):
+        Evaluator(metrics=["knn_acc"])(train, reference=empty)
+
+
+def _pml_knn_accuracy(test_x, test_y, ref_x, ref_y):
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    def normalise(a):
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    calc = AccuracyCalculator(include=("precision_at_1",), k=1, device=torch.device("cpu"))
+    return calc.get_accuracy(normalise(test_x), test_y, normalise(ref_x), ref_y, ref_includes_query=False)
+
+
+def test_knn_accuracy_counts_queries_whose_class_is_absent_from_the_reference():
+    x, labels = clustered(n=400, classes=25, noise=1.5, seed=1)
+    xr, labels_r = clustered(n=300, classes=25, noise=1.5, seed=2)
+    keep = labels_r >= 5  # the reference lacks classes 0-4
+    test, ref = EmbeddingSet(x, labels), EmbeddingSet(xr[keep], labels_r[keep])
+    absent = int((labels < 5).sum())
+    out = Evaluator(metrics=["knn_acc"], knn_k=1)(test, reference=ref)
+    assert out["knn_acc_absent_class_queries"] == absent > 0
+    pml = _pml_knn_accuracy(x, labels, xr[keep], labels_r[keep])["precision_at_1"]
+    assert out["knn_acc"] == pytest.approx(pml, abs=1e-12)  # excluded, as PML does
+    wrong = Evaluator(metrics=["knn_acc"], absent_class_queries="wrong")(test, reference=ref)
+    assert wrong["knn_acc"] == pytest.approx(out["knn_acc"] * (400 - absent) / 400)
+    with pytest.raises(ValueError, match=f"{absent} of 400 test queries have a class absent"):
+        Evaluator(metrics=["knn_acc"], absent_class_queries="error")(test, reference=ref)
+    with pytest.raises(ValueError, match="absent_class_queries='skip'"):
+        Evaluator(metrics=["knn_acc"], absent_class_queries="skip")
+
+
+def test_one_class_or_all_singletons_are_refused_for_nmi_and_f1():
+    x, _ = clustered(n=60, classes=5)
+    with pytest.raises(ValueError, match="at least 2 test classes, got 1"):
+        Evaluator(metrics=["nmi"])(EmbeddingSet(x, np.zeros(60, np.int64)))
+    with pytest.raises(ValueError, match="every one of the 60 test classes has a single item"):
+        Evaluator(metrics=["f1"])(EmbeddingSet(x, np.arange(60)))

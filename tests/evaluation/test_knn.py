@@ -1,15 +1,15 @@
-"""Neighbour search backends: exactness against float64 brute force, agreement, query exclusion by index."""
+"""Neighbour search backends: the exact order (float64 scores, ties by index) against a float64
+oracle, identical results from both backends on tie-heavy data, query exclusion by index."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from npair.evaluation.exact import pair_scores
 from npair.evaluation.knn import (
     faiss_available,
-    iter_retrieval,
     knn,
-    order_ties_by_index,
     prepare_embeddings,
     resolve_backend,
 )
@@ -19,6 +19,7 @@ SIMILARITIES = ["cosine", "inner_product", "euclidean"]
 
 
 def _brute_force(q, r, similarity):
+    """Independent float64 scores (broadcast, no BLAS)."""
     q = q.astype(np.float64)
     r = r.astype(np.float64)
     if similarity == "cosine":
@@ -26,7 +27,27 @@ def _brute_force(q, r, similarity):
         r = r / np.linalg.norm(r, axis=1, keepdims=True)
     if similarity == "euclidean":
         return -((q[:, None, :] - r[None, :, :]) ** 2).sum(-1)
-    return q @ r.T
+    return (q[:, None, :] * r[None, :, :]).sum(-1)
+
+
+def exact_order(q, r, similarity, exclude_self=False):
+    """The rule every backend follows: float64 scores of the prepared float32 embeddings,
+    decreasing, exact ties by increasing index."""
+    qp, rp = prepare_embeddings(q, similarity), prepare_embeddings(r, similarity)
+    i, j = np.meshgrid(np.arange(len(qp)), np.arange(len(rp)), indexing="ij")
+    full = pair_scores(qp, i, j, similarity, y=rp)
+    if exclude_self:
+        full[np.arange(len(qp)), np.arange(len(qp))] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(len(rp)), full.shape), -full), axis=1)
+    return order[:, : len(rp) - int(exclude_self)], full
+
+
+def integer_set(seed, n=60, d=4, high=3):
+    """Small integer-valued embeddings: many exact ties and duplicates."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-high + 1, high, (n, d)).astype(np.float32)
+    x[np.abs(x).sum(1) == 0, 0] = 1  # no all-zero rows (no cosine)
+    return x
 
 
 @pytest.fixture
@@ -44,6 +65,30 @@ def test_knn_matches_float64_brute_force(data, backend, similarity):
     expected = np.argsort(-full, axis=1, kind="stable")[:, :7]
     np.testing.assert_array_equal(idx, expected)
     np.testing.assert_allclose(scores, np.take_along_axis(full, expected, 1), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_knn_follows_the_exact_order_on_tie_heavy_data(backend, similarity, exclude_self):
+    for seed in range(20):
+        x = integer_set(seed)
+        expected, _ = exact_order(x, x, similarity, exclude_self)
+        _, idx = knn(
+            x, x, 9, similarity=similarity, backend=backend, exclude_self=exclude_self, chunk_size=25
+        )
+        np.testing.assert_array_equal(idx, expected[:, :9], err_msg=f"seed {seed}")
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_backends_identical_on_random_integer_sets(similarity):
+    for seed in range(80):
+        x = integer_set(100 + seed, n=40, d=3)
+        k = 1 + seed % 12
+        _, i_t = knn(x, x, k, similarity=similarity, backend="torch", exclude_self=True)
+        _, i_f = knn(x, x, k, similarity=similarity, backend="faiss", exclude_self=True)
+        np.testing.assert_array_equal(i_t, i_f, err_msg=f"seed {seed}, k {k}")
 
 
 @pytest.mark.parametrize("similarity", SIMILARITIES)
@@ -77,17 +122,8 @@ def test_many_duplicates_self_pushed_out_of_the_search(backend):
     _, idx = knn(x, x, 2, similarity="inner_product", backend=backend, exclude_self=True)
     assert not (idx == np.arange(5)[:, None]).any()
     assert (idx[:, 0] != idx[:, 1]).all()
-    if backend == "torch":  # torch: the lowest tied indices make the cut (faiss keeps its own choice)
-        for row, i in enumerate(idx):
-            assert i.tolist() == sorted(set(range(5)) - {row})[:2]
-
-
-def test_order_ties_by_index():
-    s = np.array([[3.0, 2.0, 2.0, 2.0, 1.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
-    i = np.array([[9, 8, 1, 5, 0], [4, 3, 2, 1, 0]])
-    s2, i2 = order_ties_by_index(s, i)
-    assert i2.tolist() == [[9, 1, 5, 8, 0], [4, 3, 2, 1, 0]]
-    np.testing.assert_array_equal(s2, s)
+    for row, i in enumerate(idx):  # every backend: the lowest tied indices make the cut
+        assert i.tolist() == sorted(set(range(5)) - {row})[:2]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -121,38 +157,6 @@ def test_resolve_backend():
         assert resolve_backend("faiss", "cuda", 4096) == "torch"
     with pytest.raises(ValueError, match="backend='annoy'"):
         resolve_backend("annoy", "cpu", 1)
-
-
-def _first_hit_from_full_ranking(x, labels, similarity):
-    full = _brute_force(x, x, similarity)
-    np.fill_diagonal(full, -np.inf)
-    order = np.lexsort((np.broadcast_to(np.arange(len(x)), full.shape), -full), axis=1)  # ties by index
-    matches = labels[order] == labels[:, None]
-    matches[:, -1] = False  # the last column is the query itself (-inf)
-    return np.where(matches.any(1), matches.argmax(1), len(x) - 1)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("similarity", SIMILARITIES)
-def test_iter_retrieval_first_hit_rank_is_exact(backend, similarity):
-    rng = np.random.default_rng(3)
-    labels = rng.integers(0, 40, 250)
-    x = rng.normal(size=(250, 6)).astype(np.float32)
-    x[5] = x[4]  # duplicates, including ties between a positive and a negative
-    labels[5] = labels[4] + 1
-    x[7] = x[6]
-    labels[7] = labels[6]
-    prepared = prepare_embeddings(x, similarity)
-    expected = _first_hit_from_full_ranking(prepared, labels, similarity)
-    first = np.empty(250, dtype=np.int64)
-    for start, f, m in iter_retrieval(
-        prepared, labels, k_top=3, k_first_hit=249, similarity=similarity, backend=backend, chunk_size=60
-    ):
-        first[start : start + len(f)] = f
-        assert m.shape == (len(f), 3)
-    has_positive = np.bincount(labels, minlength=labels.max() + 1)[labels] > 1
-    np.testing.assert_array_equal(first[has_positive], expected[has_positive])
-    assert (first[~has_positive] >= 249).all()
 
 
 def test_loading_faiss_logs_nothing_below_warning() -> None:

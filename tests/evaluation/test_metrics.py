@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import pair_confusion_matrix
 
-from npair.evaluation import clustering, faces, knn, metrics, verification
+from npair.evaluation import clustering, embedding_set, exact, faces, keys, knn, metrics, retrieval
 from npair.evaluation.metrics import (
     average_precision_at_r_per_query,
     contingency,
@@ -30,7 +30,7 @@ from npair.evaluation.metrics import (
 )
 
 
-@pytest.mark.parametrize("module", [metrics, knn, clustering, verification, faces])
+@pytest.mark.parametrize("module", [metrics, knn, clustering, exact, faces, keys, retrieval, embedding_set])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
@@ -134,7 +134,7 @@ def test_nmi_by_hand():
 
 
 def _sklearn_pair_f1(a, b):
-    (m00, m01), (m10, m11) = pair_confusion_matrix(a, b)
+    (_, m01), (m10, m11) = pair_confusion_matrix(a, b)
     return 2 * m11 / (2 * m11 + m01 + m10)
 
 

@@ -30,8 +30,10 @@ def test_vrf_one_negative_known_answer():
     assert np.mean(values) == pytest.approx(5 / 6, abs=0.02)
     out = vrf_scores(X, LABELS, [1, 2], seeds=range(400), similarity="euclidean")
     assert out["vrf_neg1"] == pytest.approx(np.mean(values))
-    assert out["vrf_neg1_se"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(400))
-    assert out["vrf_neg2"] == pytest.approx(4 / 6) and out["vrf_neg2_se"] == pytest.approx(0.0, abs=1e-12)
+    assert out["vrf_neg1_se_negative_draws"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(400))
+    assert out["vrf_neg2"] == pytest.approx(4 / 6) and out["vrf_neg2_se_negative_draws"] == pytest.approx(
+        0.0, abs=1e-12
+    )
 
 
 def test_ties_with_a_negative_count_as_wrong():

@@ -21,9 +21,11 @@ Backends:
   evaluator's device), random initialisation from ``seed`` (k distinct points), empty
   clusters re-seeded by splitting a large cluster as faiss does. Useful on a GPU when
   faiss has no GPU support.
-* ``"auto"``: faiss when importable, else scikit-learn. (At SOP scale on the 2-core
-  development machine faiss k-means took 146 s per seed and torch 224 s; see
-  ``scripts/bench_evaluator.py``.)
+* ``"auto"``: faiss when importable, else scikit-learn (``scripts/bench_evaluator.py
+  --kmeans`` times faiss k-means per seed against PML's NMI).
+
+Seeds run one after another by default; ``jobs`` runs several at once in threads, each
+with its share of the CPU threads (worth it only where one k-means cannot use every core).
 
 Different backends draw different initialisations, so NMI/F1 agree between them only up
 to k-means' seed-to-seed noise; for a fixed backend and seed they are deterministic.
@@ -36,6 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .keys import spread_key
 from .knn import faiss_available, faiss_gpu_available
 from .metrics import mean_and_standard_error, nmi, pair_f1
 
@@ -151,27 +154,74 @@ def clustering_scores(
     backend: str = "auto",
     device: str = "cpu",
     metrics: Sequence[str] = ("nmi", "f1"),
+    jobs: int = 1,
 ) -> dict[str, float]:
     """NMI and/or F1 of k-means (k = number of distinct labels) over ``seeds``.
 
-    One k-means per seed, shared by both metrics. Returns ``{metric: mean over seeds}``
-    plus ``{metric}_se`` (standard error over seeds) when there are >= 2 seeds.
+    One k-means per seed, shared by both metrics; ``jobs`` seeds run at once (threads;
+    faiss and torch release the GIL), each with its share of the CPU threads. Returns
+    ``{metric: mean over seeds}`` plus ``{metric}_se_kmeans_seeds`` (standard error
+    across k-means seeds of this one embedding) when there are >= 2 seeds.
+
+    A single test class, or classes of one item each, are refused: k-means with k = 1 or
+    k = n scores NMI = F1 = 1 whatever the embeddings.
     """
     labels = np.asarray(labels)
     if len(labels) != len(x):
         raise ValueError(f"{len(x)} embeddings but {len(labels)} labels")
     if len(seeds) == 0:
         raise ValueError("kmeans seeds: need at least one seed")
+    if jobs < 1:
+        raise ValueError(f"kmeans_jobs={jobs} must be >= 1")
     k = int(np.unique(labels).size)
-    per_seed: dict[str, list[float]] = {m: [] for m in metrics}
+    if k < 2:
+        raise ValueError(
+            f"NMI/F1 need at least 2 test classes, got {k}: with one class, k-means with k = 1 "
+            "scores NMI = F1 = 1 whatever the embeddings; drop nmi/f1 from eval.metrics for this set"
+        )
+    if k == len(labels):
+        raise ValueError(
+            f"NMI/F1: every one of the {k} test classes has a single item, so k-means with k = n puts each "
+            "point in its own cluster and scores NMI = F1 = 1 whatever the embeddings; "
+            "evaluate on a split with several items per class"
+        )
     functions = {"nmi": nmi, "f1": pair_f1}
-    for seed in seeds:
+
+    def one_seed(seed: int) -> dict[str, float]:
         assignment = kmeans(x, k, seed=seed, niter=niter, backend=backend, device=device)
-        for m in metrics:
-            per_seed[m].append(functions[m](labels, assignment))
+        return {m: functions[m](labels, assignment) for m in metrics}
+
+    if jobs == 1 or len(seeds) == 1:
+        per_seed = [one_seed(seed) for seed in seeds]
+    else:
+        per_seed = _in_parallel(one_seed, list(seeds), jobs)
     out: dict[str, float] = {}
-    for m, values in per_seed.items():
+    for m in metrics:
+        values = [r[m] for r in per_seed]
         out[m], se = mean_and_standard_error(values)
         if len(values) > 1:
-            out[f"{m}_se"] = se
+            out[spread_key(m, "kmeans_seeds")] = se
     return out
+
+
+def _in_parallel(fn, seeds: list[int], jobs: int) -> list[dict[str, float]]:
+    """``fn`` over ``seeds`` in ``jobs`` threads, the CPU threads split between them."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    previous_torch = torch.get_num_threads()
+    faiss = None
+    if faiss_available():
+        import faiss
+    previous_faiss = faiss.omp_get_max_threads() if faiss is not None else None
+    torch.set_num_threads(threads)
+    if faiss is not None:
+        faiss.omp_set_num_threads(threads)
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(fn, seeds))
+    finally:
+        torch.set_num_threads(previous_torch)
+        if faiss is not None:
+            faiss.omp_set_num_threads(previous_faiss)

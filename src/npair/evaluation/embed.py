@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import EmbeddingSet
+from .embedding_set import EmbeddingSet
 
 
 def embed_dataset(

@@ -4,30 +4,33 @@ seed) computed once per call, then each requested metric.
 Built from ``configs/eval/<name>.yaml`` with ``hydra.utils.instantiate`` (the training
 loop drops ``name``). Metric names and the result keys they produce:
 
-==================  ===============================================  =====================
-metric              result keys                                      needs
-==================  ===============================================  =====================
-``recall``          ``recall@K`` for K in ``ks``                     test kNN (query excluded by index)
-``map_at_r``        ``map@r``                                        test kNN up to max R
-``r_precision``     ``r_precision``                                  test kNN up to max R
-``nmi`` / ``f1``    ``nmi``, ``f1`` (+ ``nmi_se``, ``f1_se``)          k-means, one per seed
-``knn_acc``         ``knn_acc``                                      ``reference`` (training split)
-``softmax_acc``     ``softmax_acc`` (only when the test set has logits)  test logits
-``vrf``             ``vrf_neg{k}``, ``vrf_neg{k}_se`` for k in ``vrf_negatives``  test set
-``lfw_pairs``       ``lfw_acc``, ``lfw_acc_se``, ``lfw_threshold``    ``extras["pairs"]``
-``closed_set_rank1``  ``rank1`` (+ ``rank1_se`` over trials)           ``extras["gallery"|"probes"]``
-``open_set_dir``    ``dir@far={far}%`` (+ ``_se``)                     ``extras["gallery"|"probes"]``
-==================  ===============================================  =====================
+====================  ==========================================================  ==============================
+metric                result keys                                                 needs
+====================  ==========================================================  ==============================
+``recall``            ``recall@K`` for K in ``ks``                                test set against itself
+``map_at_r``          ``map@r``                                                   test set against itself
+``r_precision``       ``r_precision``                                             test set against itself
+``nmi`` / ``f1``      ``nmi``, ``f1`` (+ ``nmi_se_kmeans_seeds``, ``f1_se_kmeans_seeds``)  k-means, one per seed
+``knn_acc``           ``knn_acc``, ``knn_acc_absent_class_queries``               ``reference`` (training split)
+``softmax_acc``       ``softmax_acc`` (only when the test set has logits)         test logits
+``vrf``               ``vrf_neg{k}`` (+ ``vrf_neg{k}_se_negative_draws``)         test set
+``lfw_pairs``         ``lfw_acc``, ``lfw_acc_se_folds``, ``lfw_threshold``        ``extras["pairs"]``
+``closed_set_rank1``  ``rank1`` (+ ``rank1_se_trials``)                           ``extras["gallery"|"probes"]``
+``open_set_dir``      ``dir@far={far}%`` (+ ``dir@far={far}%_se_trials``)         ``extras["gallery"|"probes"]``
+====================  ==========================================================  ==============================
 
-``<key>_se`` is the standard error of the mean over repeats (k-means seeds, VRF draws,
-LFW folds, identification trials), present only when there are at least two repeats.
+``<metric>_se_<over>`` is the standard error of the mean across the repeats it names
+(k-means seeds, negative draws, LFW folds, identification trials; :mod:`.keys`), present
+only with at least two repeats. It is never the tables' ± across training seeds.
 Further face protocols registered with :func:`npair.evaluation.faces.register` are
 accepted as metric names.
 
 Counted exclusions are reported, never hidden: ``recall_excluded_singletons`` (test
 queries whose class has no other test item: excluded from Recall@K / MAP@R /
-R-precision, as PML does, unless ``singleton_queries="error"``) and
-``vrf_excluded_singletons``.
+R-precision, as PML does, unless ``singleton_queries="error"``),
+``vrf_excluded_singletons``, and ``knn_acc_absent_class_queries`` (test queries whose
+class is not in the reference set: excluded from ``knn_acc`` as PML does, unless
+``absent_class_queries`` is ``wrong`` or ``error``).
 
 The result is an :class:`EvalResult`: a plain ``dict[str, float]`` of metrics plus a
 ``meta`` attribute recording the similarity, the backend actually used and the
@@ -43,9 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from . import EmbeddingSet
 from .clustering import KMEANS_BACKENDS, clustering_scores, resolve_kmeans_backend
-from .knn import BACKENDS, check_similarity, iter_knn, iter_retrieval, prepare_embeddings, resolve_backend
+from .embedding_set import EmbeddingSet, shared_labels
+from .knn import BACKENDS, check_similarity, iter_knn, prepare_embeddings
 from .metrics import (
     average_precision_at_r_per_query,
     logits_accuracy,
@@ -53,6 +56,7 @@ from .metrics import (
     positives_per_query,
     r_precision_per_query,
 )
+from .retrieval import search_self
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ METRICS = (
 )
 RETRIEVAL_METRICS = ("recall", "map_at_r", "r_precision")
 SINGLETON_POLICIES = ("exclude", "error")
+ABSENT_CLASS_POLICIES = ("exclude", "wrong", "error")
 
 
 class EvalResult(dict):
@@ -95,12 +100,16 @@ class Evaluator:
         kmeans_seeds: number of k-means seeds (seeds ``0..S-1``) or an explicit list.
         kmeans_niter: Lloyd iterations per k-means run.
         kmeans_backend: ``auto`` (faiss, else sklearn) | ``faiss`` | ``sklearn`` | ``torch``.
+        kmeans_jobs: k-means seeds run at once (threads sharing the CPU threads).
         knn_k: neighbours voting in ``knn_acc`` (majority vote, tie-break in
             :func:`~npair.evaluation.metrics.majority_vote`).
         vrf_negatives: the k values of VRF(neg=k).
         vrf_seeds: repeats of the VRF draw (seeds ``0..S-1``) or a list.
         far: false-accept rate for open-set DIR@FAR.
         singleton_queries: ``exclude`` (count in ``recall_excluded_singletons``) or ``error``.
+        absent_class_queries: ``knn_acc`` queries whose class is not in the reference:
+            ``exclude`` (PML's rule), ``wrong`` (count them as errors) or ``error``;
+            their number is ``knn_acc_absent_class_queries`` in every case.
         needs_reference: whether the caller must pass the training split's embeddings;
             default: True exactly when ``knn_acc`` is requested.
     """
@@ -116,11 +125,13 @@ class Evaluator:
         kmeans_seeds: int | Sequence[int] = 10,
         kmeans_niter: int = 20,
         kmeans_backend: str = "auto",
+        kmeans_jobs: int = 1,
         knn_k: int = 1,
         vrf_negatives: Sequence[int] = (1,),
         vrf_seeds: int | Sequence[int] = 10,
         far: float = 0.01,
         singleton_queries: str = "exclude",
+        absent_class_queries: str = "exclude",
         needs_reference: bool | None = None,
     ) -> None:
         from .faces import FACE_PROTOCOLS
@@ -144,6 +155,9 @@ class Evaluator:
         if kmeans_backend not in KMEANS_BACKENDS:
             raise ValueError(f"kmeans_backend={kmeans_backend!r} is not one of {KMEANS_BACKENDS}")
         self.kmeans_backend = kmeans_backend
+        if int(kmeans_jobs) < 1:
+            raise ValueError(f"kmeans_jobs={kmeans_jobs} must be >= 1")
+        self.kmeans_jobs = int(kmeans_jobs)
         if knn_k < 1:
             raise ValueError(f"knn_k={knn_k} must be >= 1")
         self.knn_k = int(knn_k)
@@ -157,6 +171,11 @@ class Evaluator:
         if singleton_queries not in SINGLETON_POLICIES:
             raise ValueError(f"singleton_queries={singleton_queries!r} is not one of {SINGLETON_POLICIES}")
         self.singleton_queries = singleton_queries
+        if absent_class_queries not in ABSENT_CLASS_POLICIES:
+            raise ValueError(
+                f"absent_class_queries={absent_class_queries!r} is not one of {ABSENT_CLASS_POLICIES}"
+            )
+        self.absent_class_queries = absent_class_queries
         derived = "knn_acc" in self.metrics
         if needs_reference is None:
             needs_reference = derived
@@ -176,9 +195,18 @@ class Evaluator:
         extras = extras or {}
         if not isinstance(test, EmbeddingSet):
             raise TypeError(f"test must be an EmbeddingSet, got {type(test).__name__}")
+        if len(test) == 0:
+            raise ValueError(
+                "the test set is empty (0 embeddings): nothing to evaluate; check the test split"
+            )
+        if reference is not None and not isinstance(reference, EmbeddingSet):
+            raise TypeError(f"reference must be an EmbeddingSet, got {type(reference).__name__}")
         t0 = time.perf_counter()
         x = prepare_embeddings(test.embeddings, self.similarity, "test embeddings")
         labels = test.labels
+        reference_labels = None
+        if reference is not None and "knn_acc" in self.metrics:
+            labels, reference_labels = shared_labels(test, reference)
         out: dict[str, float] = {}
         meta: dict[str, Any] = {
             "similarity": self.similarity,
@@ -199,6 +227,7 @@ class Evaluator:
                     backend=self.kmeans_backend,
                     device=self.device,
                     metrics=wanted,
+                    jobs=self.kmeans_jobs,
                 )
             )
             meta.update(
@@ -208,7 +237,7 @@ class Evaluator:
                 kmeans_k=test.num_classes,
             )
         if "knn_acc" in self.metrics:
-            out["knn_acc"] = self._knn_accuracy(x, labels, reference, meta)
+            out.update(self._knn_accuracy(x, labels, reference, reference_labels, meta))
         if "softmax_acc" in self.metrics:
             if test.logits is not None:
                 out["softmax_acc"] = logits_accuracy(test.logits, labels)
@@ -264,57 +293,65 @@ class Evaluator:
                 f"Recall@K with K={k_first_hit} needs more than K other items, but the test set has only "
                 f"{n} items ({n - 1} candidates per query); lower ks"
             )
-        used = resolve_backend(self.backend, self.device, max(k_first_hit, k_top) + 1)
-        first_hit = np.empty(n, dtype=np.int64)
-        ap = np.full(n, np.nan)
-        rp = np.full(n, np.nan)
-        for start, first, matches in iter_retrieval(
+        ranks = search_self(
             x,
             labels,
-            k_top=k_top,
+            at_r=bool(k_top),
             k_first_hit=k_first_hit,
             similarity=self.similarity,
             backend=self.backend,
             device=self.device,
             chunk_size=self.chunk_size,
-        ):
-            rows = slice(start, start + len(first))
-            first_hit[rows] = first
-            if k_top:
-                ok = valid[rows]
-                r = positives[rows][ok]
-                query_ids = np.arange(start, start + len(first))[ok]
-                if "map_at_r" in wants:
-                    ap[query_ids] = average_precision_at_r_per_query(matches[ok], r)
-                if "r_precision" in wants:
-                    rp[query_ids] = r_precision_per_query(matches[ok], r)
+        )
         out: dict[str, float] = {}
         if "recall" in wants:
             for kk in self.ks:
-                out[f"recall@{kk}"] = float((first_hit[valid] < kk).mean())
+                out[f"recall@{kk}"] = float((ranks.first_hit[valid] < kk).mean())
+        matches, r = ranks.matches_at_r[valid], positives[valid]
         if "map_at_r" in wants:
-            out["map@r"] = float(ap[valid].mean())
+            out["map@r"] = float(average_precision_at_r_per_query(matches, r).mean())
         if "r_precision" in wants:
-            out["r_precision"] = float(rp[valid].mean())
+            out["r_precision"] = float(r_precision_per_query(matches, r).mean())
         out["recall_excluded_singletons"] = float(n_single)
-        meta.update(knn_backend=used, knn_k=max(k_first_hit, k_top), device=self.device)
+        meta.update(knn_backend=ranks.backend, knn_k=max(k_first_hit, k_top), device=self.device)
         return out
 
     def _knn_accuracy(
-        self, x: np.ndarray, labels: np.ndarray, reference: EmbeddingSet | None, meta: dict[str, Any]
-    ) -> float:
+        self,
+        x: np.ndarray,
+        labels: np.ndarray,
+        reference: EmbeddingSet | None,
+        reference_labels: np.ndarray | None,
+        meta: dict[str, Any],
+    ) -> dict[str, float]:
         """kNN recognition (seen-class protocol): test queries vote over the reference set."""
         if reference is None:
             raise ValueError(
                 "metric knn_acc needs reference embeddings (the training split): "
                 "call evaluator(test, reference=...)"
             )
+        if len(reference) == 0:
+            raise ValueError("metric knn_acc: the reference set is empty (0 embeddings)")
         ref = prepare_embeddings(reference.embeddings, self.similarity, "reference embeddings")
         if ref.shape[1] != x.shape[1]:
             raise ValueError(f"reference dimension {ref.shape[1]} != test dimension {x.shape[1]}")
         if self.knn_k > len(ref):
             raise ValueError(f"knn_k={self.knn_k} exceeds the {len(ref)} reference items")
-        correct = 0
+        absent = ~np.isin(labels, reference_labels)
+        n_absent = int(absent.sum())
+        if n_absent and self.absent_class_queries == "error":
+            first = int(np.flatnonzero(absent)[0])
+            raise ValueError(
+                f"knn_acc: {n_absent} of {len(labels)} test queries have a class absent from the reference "
+                f"set (e.g. label {labels[first]} at index {first}), so no neighbour can name it; "
+                "check the splits, or set absent_class_queries: exclude (PML's rule) or wrong"
+            )
+        if n_absent == len(labels) and self.absent_class_queries == "exclude":
+            raise ValueError(
+                f"knn_acc: none of the {len(labels)} test queries has its class in the reference set; "
+                "the test and reference splits share no class"
+            )
+        correct = np.zeros(len(labels), dtype=bool)
         for start, _, idx in iter_knn(
             x,
             ref,
@@ -325,10 +362,13 @@ class Evaluator:
             chunk_size=self.chunk_size,
             prepared=True,
         ):
-            predicted = majority_vote(reference.labels[idx], self.knn_k)
-            correct += int((predicted == labels[start : start + len(idx)]).sum())
-        meta.update(knn_acc_k=self.knn_k, n_reference=len(ref))
-        return correct / len(labels)
+            predicted = majority_vote(reference_labels[idx], self.knn_k)
+            correct[start : start + len(idx)] = predicted == labels[start : start + len(idx)]
+        counted = ~absent if self.absent_class_queries == "exclude" else np.ones(len(labels), dtype=bool)
+        meta.update(
+            knn_acc_k=self.knn_k, n_reference=len(ref), knn_acc_absent_classes=self.absent_class_queries
+        )
+        return {"knn_acc": float(correct[counted].mean()), "knn_acc_absent_class_queries": float(n_absent)}
 
 
 def _resolve_device(device: str) -> str:

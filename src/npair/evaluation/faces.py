@@ -17,36 +17,48 @@ split (the order of ``EmbeddingSet.embeddings``):
 
 Protocols (registered in :data:`FACE_PROTOCOLS`; add one with :func:`register`):
 
-``lfw_pairs`` → ``lfw_acc``, ``lfw_acc_se``, ``lfw_threshold``
+``lfw_pairs`` → ``lfw_acc``, ``lfw_acc_se_folds``, ``lfw_threshold``
     10-fold pair verification: for each fold, the threshold maximising accuracy on the
     **other** folds' pairs (never the scored fold), then accuracy on the fold; mean ±
     standard error over folds. Among equally good thresholds the lowest is taken;
     candidate thresholds are midpoints between consecutive distinct training scores (and
-    ±inf); a pair is "same" when its similarity is > the threshold.
+    ±inf); a pair is "same" when its similarity is > the threshold. ``lfw_threshold`` is
+    the mean of the finite per-fold thresholds; folds whose best threshold is ±inf (every
+    pair called "same", or every pair "different") are counted in
+    ``lfw_threshold_infinite_folds`` (and logged), never averaged in.
 ``closed_set_rank1`` → ``rank1``
     closed-set identification: fraction of genuine probes whose most similar gallery
     image has their identity (impostor probes are not used).
 ``open_set_dir`` → ``dir@far=1%`` (for ``far=0.01``)
-    open-set identification rate at a false-accept rate (BLUFR's DIR@FAR, rank 1): the
-    threshold ``t`` is the ``(⌊far·n_imp⌋+1)``-th highest top-1 score of the impostor
-    probes, so at most ``far`` of the impostors score above it; DIR = fraction of
-    genuine probes whose top-1 gallery match has their identity **and** a score > ``t``.
+    open-set detection and identification rate at rank 1, exactly BLUFR's
+    ``OpenSetROC`` (Liao et al. 2014, ``docs/datasets.md`` §5): with ``N_imp`` impostor
+    probes, ``m = round(far · N_imp)`` false alarms are allowed; the threshold is the
+    ``m``-th highest impostor top-1 score, and a genuine probe counts when its best
+    same-identity gallery image is ranked first **and** scores ``>=`` the threshold
+    (:func:`dir_at_far`, with BLUFR's rules at ``m = 0`` and ``m = N_imp``).
 
-With several trials, each metric is the mean over trials and ``<key>_se`` its standard
-error. Which identification protocol the paper used (Best-Rowden et al. 2014 or BLUFR)
-is not confirmed (``datasets.md`` §5): any gallery/probe lists in this format work.
+Scores are the float64 similarities of the prepared embeddings, gallery ties in gallery
+order (:mod:`npair.evaluation.exact`), so both search backends give the same values.
+With several trials, each metric is the mean over trials and ``<key>_se_trials`` its
+standard error. Which identification protocol the paper used (Best-Rowden et al. 2014 or
+BLUFR) is not confirmed (``docs/datasets.md`` §5): any gallery/probe lists in this format
+work.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from .exact import pair_scores
+from .keys import spread_key
 from .knn import iter_knn
 from .metrics import mean_and_standard_error
-from .verification import pair_scores
+
+log = logging.getLogger(__name__)
 
 FaceProtocol = Callable[..., dict[str, float]]
 FACE_PROTOCOLS: dict[str, FaceProtocol] = {}
@@ -136,33 +148,73 @@ def rank1_identification(top1_labels: np.ndarray, probe_labels: np.ndarray, genu
     return float((np.asarray(top1_labels)[genuine] == np.asarray(probe_labels)[genuine]).mean())
 
 
+def _matlab_round(v: float) -> int:
+    """MATLAB's ``round``: halves away from zero (numpy rounds them to even)."""
+    return int(np.floor(abs(v) + 0.5) * np.sign(v))
+
+
+def blufr_threshold(impostor_scores: np.ndarray, genuine_scores: np.ndarray, far: float) -> float:
+    """BLUFR ``OpenSetROC``'s decision threshold at one false-accept rate.
+
+    ``impostor_scores``: top-1 score of every impostor probe; ``genuine_scores``: the
+    best same-identity gallery score of every genuine probe. With ``m = round(far·N_imp)``:
+    the ``m``-th highest impostor score when ``0 < m < N_imp``; for ``m = 0`` the midpoint
+    between the highest impostor score and the lowest genuine score above it (or that
+    impostor score ``+ sqrt(eps)`` when none is above); for ``m = N_imp`` the lowest of
+    all scores ``- sqrt(eps)``. A probe is accepted when its score is ``>=`` the threshold.
+
+    >>> blufr_threshold(np.array([0.9, 0.5, 0.4, 0.3]), np.array([0.95, 0.6]), 0.25)  # m = 1
+    0.9
+    """
+    imp = np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
+    gen = np.asarray(genuine_scores, dtype=np.float64)
+    if imp.size == 0:
+        raise ValueError("open-set DIR@FAR needs impostor probes (identities absent from the gallery)")
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"far={far} must lie in [0, 1]")
+    m = _matlab_round(far * imp.size)
+    root_eps = float(np.sqrt(np.finfo(np.float64).eps))
+    if m == imp.size:
+        return float(min(imp[-1], gen.min(initial=np.inf)) - root_eps)
+    if m == 0:
+        high = gen[gen > imp[0]]
+        return float(imp[0] + root_eps if high.size == 0 else (imp[0] + high.min()) / 2)
+    return float(imp[m - 1])
+
+
 def dir_at_far(
     top1_scores: np.ndarray,
     top1_labels: np.ndarray,
     probe_labels: np.ndarray,
     genuine: np.ndarray,
     far: float,
+    mate_scores: np.ndarray | None = None,
 ) -> float:
-    """Open-set detection-and-identification rate at a false-accept rate (rank 1).
+    """Open-set detection-and-identification rate at rank 1 (BLUFR ``OpenSetROC``).
 
-    >>> s = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.1])   # 3 genuine, then 3 impostor probes
-    >>> lab_top1 = np.array([1, 9, 3, 0, 0, 0]); lab = np.array([1, 2, 3, 7, 8, 9])
-    >>> g = np.array([True, True, True, False, False, False])
-    >>> dir_at_far(s, lab_top1, lab, g, far=0.34)  # t = 0.2 (2nd-highest impostor): probe 0 and 2 pass
-    0.6666666666666666
-    >>> dir_at_far(s, lab_top1, lab, g, far=0.01)  # t = 0.7: only probe 0
-    0.3333333333333333
+    Per probe: its top-1 gallery score and label, its own label, whether it is genuine
+    (its identity is in the gallery). ``mate_scores``: each probe's best same-identity
+    gallery score (used by BLUFR's thresholds at ``m = 0`` and ``m = N_imp``; by default
+    the top-1 score where the top-1 is a mate). The threshold is
+    :func:`blufr_threshold`; DIR = fraction of genuine probes whose top-1 is a mate
+    scoring ``>=`` it.
+
+    >>> s = np.array([0.95, 0.7, 0.6, 0.3, 0.9] + np.linspace(0.5, 0, 99).tolist())
+    >>> g = np.arange(104) < 4  # 4 genuine probes (top-1 correct), 100 impostors
+    >>> dir_at_far(s, np.zeros(104), np.where(g, 0, 1), g, far=0.01)  # m = 1: threshold 0.9
+    0.25
     """
     genuine = np.asarray(genuine, dtype=bool)
     scores = np.asarray(top1_scores, dtype=np.float64)
-    impostor_scores = np.sort(scores[~genuine])[::-1]
-    if impostor_scores.size == 0:
-        raise ValueError("open-set DIR@FAR needs impostor probes (identities absent from the gallery)")
     if not genuine.any():
         raise ValueError("open-set DIR@FAR: no probe has its identity in the gallery")
-    m = int(np.floor(far * impostor_scores.size))
-    threshold = impostor_scores[min(m, impostor_scores.size - 1)]
-    hit = (np.asarray(top1_labels) == np.asarray(probe_labels)) & (scores > threshold)
+    correct = np.asarray(top1_labels) == np.asarray(probe_labels)
+    if mate_scores is None:
+        mate = np.where(correct, scores, -np.inf)
+    else:
+        mate = np.asarray(mate_scores, dtype=np.float64)
+    threshold = blufr_threshold(scores[~genuine], mate[genuine & np.isfinite(mate)], far)
+    hit = correct & (scores >= threshold)
     return float(hit[genuine].mean())
 
 
@@ -179,11 +231,20 @@ def _require(extras: dict[str, Any], key: str, protocol: str) -> Any:
     return extras[key]
 
 
-def _check_indices(idx: np.ndarray, n: int, what: str) -> np.ndarray:
+def _check_indices(idx: Any, n: int, what: str) -> np.ndarray:
     idx = np.asarray(idx)
-    if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= n):
+    if idx.ndim != 1:
+        raise ValueError(f"{what}: expected a 1-D array of test-split indices, got shape {idx.shape}")
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+        example = idx.flat[0]
         raise ValueError(
-            f"{what}: indices must be integers in [0, {n}), got range [{idx.min()}, {idx.max()}]"
+            f"{what}: indices must be an integer array, got dtype {idx.dtype} (e.g. {example!r}); "
+            "convert them with .astype(np.int64) (indices are 0-based positions in the test split)"
+        )
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(
+            f"{what}: indices must be integers in [0, {n}) (positions in the test split), "
+            f"got range [{idx.min()}, {idx.max()}]"
         )
     return idx.astype(np.int64)
 
@@ -208,17 +269,24 @@ def lfw_pairs(
         )
     acc, thresholds = kfold_verification(pair_scores(x, i, j, similarity), same, pairs[:, 3])
     mean, se = mean_and_standard_error(acc)
-    return {"lfw_acc": mean, "lfw_acc_se": se, "lfw_threshold": float(np.mean(thresholds))}
+    out = {"lfw_acc": mean, spread_key("lfw_acc", "folds"): se}
+    finite = np.isfinite(thresholds)
+    if not finite.all():
+        log.warning(
+            "lfw_pairs: in %d of %d folds the best threshold is ±inf (every pair of the other folds "
+            "is best called 'same' or 'different'); lfw_threshold averages the other folds",
+            int((~finite).sum()),
+            finite.size,
+        )
+    if finite.any():
+        out["lfw_threshold"] = float(thresholds[finite].mean())
+    out["lfw_threshold_infinite_folds"] = float((~finite).sum())
+    return out
 
 
 def _trials(extras: dict[str, Any], protocol: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    gallery = _require(extras, "gallery", protocol)
-    probes = _require(extras, "probes", protocol)
-    single = (
-        isinstance(gallery, np.ndarray) and gallery.ndim == 1 and np.issubdtype(gallery.dtype, np.integer)
-    )
-    if single or (isinstance(gallery, Sequence) and len(gallery) and np.isscalar(gallery[0])):
-        gallery, probes = [gallery], [probes]
+    gallery = _as_trials(_require(extras, "gallery", protocol))
+    probes = _as_trials(_require(extras, "probes", protocol))
     if len(gallery) != len(probes):
         raise ValueError(
             f"extras: {len(gallery)} gallery lists but {len(probes)} probe lists (one each per trial)"
@@ -234,19 +302,48 @@ def _trials(extras: dict[str, Any], protocol: str, n: int) -> list[tuple[np.ndar
                 f"(e.g. index {shared[0]}); "
                 "a probe would find itself"
             )
+        if g.size == 0 or p.size == 0:
+            raise ValueError(f"extras trial {t}: the gallery or the probe list is empty")
         trials.append((g, p))
     return trials
 
 
+def _as_trials(value: Any) -> list[Any]:
+    """One trial (a 1-D array or a list of numbers) or several (a list of arrays, or a
+    2-D array with one trial per row)."""
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return [value] if value.ndim == 1 else list(value)
+    if isinstance(value, Sequence) and len(value) and np.isscalar(value[0]):
+        return [value]
+    return list(value)
+
+
 def _top1(x: np.ndarray, gallery: np.ndarray, probes: np.ndarray, similarity: str, backend: str, device: str):
-    scores = np.empty(len(probes), dtype=np.float64)
+    """Each probe's most similar gallery item (exact order: float64 score, then gallery
+    order) and its float64 score."""
     nearest = np.empty(len(probes), dtype=np.int64)
-    for start, s, idx in iter_knn(
+    for start, _, idx in iter_knn(
         x[probes], x[gallery], 1, similarity=similarity, backend=backend, device=device, prepared=True
     ):
-        scores[start : start + len(s)] = s[:, 0]
-        nearest[start : start + len(s)] = gallery[idx[:, 0]]
-    return scores, nearest
+        nearest[start : start + len(idx)] = gallery[idx[:, 0]]
+    return pair_scores(x, probes, nearest, similarity), nearest
+
+
+def _mate_scores(x: np.ndarray, labels: np.ndarray, gallery: np.ndarray, probes: np.ndarray, similarity: str):
+    """Each probe's best float64 score over the gallery images of its own identity
+    (-inf for impostors)."""
+    order = np.argsort(labels[gallery], kind="stable")
+    g_sorted, g_labels = gallery[order], labels[gallery][order]
+    start = np.searchsorted(g_labels, labels[probes], side="left")
+    count = np.searchsorted(g_labels, labels[probes], side="right") - start
+    out = np.full(len(probes), -np.inf)
+    rows = np.flatnonzero(count > 0)
+    if rows.size:
+        reps = count[rows]
+        offsets = np.repeat(start[rows] - np.cumsum(np.r_[0, reps[:-1]]), reps) + np.arange(reps.sum())
+        scores = pair_scores(x, np.repeat(probes[rows], reps), g_sorted[offsets], similarity)
+        out[rows] = np.maximum.reduceat(scores, np.r_[0, np.cumsum(reps)[:-1]])
+    return out
 
 
 def _identification(
@@ -268,12 +365,15 @@ def _identification(
         if protocol == "closed_set_rank1":
             values.append(rank1_identification(labels[nearest], labels[probes], genuine))
         else:
-            values.append(dir_at_far(scores, labels[nearest], labels[probes], genuine, far))
+            mates = _mate_scores(x, labels, gallery, probes, similarity)
+            values.append(
+                dir_at_far(scores, labels[nearest], labels[probes], genuine, far, mate_scores=mates)
+            )
     key = "rank1" if protocol == "closed_set_rank1" else f"dir@far={far * 100:g}%"
     mean, se = mean_and_standard_error(values)
     out = {key: mean}
     if len(values) > 1:
-        out[f"{key}_se"] = se
+        out[spread_key(key, "trials")] = se
     return out
 
 

@@ -13,13 +13,18 @@ Queries are processed in chunks, so memory never holds an ``n × n`` matrix: the
 backend materialises one ``chunk × n_reference`` block at a time, faiss one
 ``chunk × k`` result.
 
+**One order for every backend.** Neighbours come in decreasing *float64* similarity of
+the prepared float32 embeddings, exact ties in increasing reference index. The float32
+search proposes candidates; :mod:`npair.evaluation.exact` decides, in float64, every
+comparison closer than float32's rounding-error bound, and a top-k list is extended
+until no item left out can reach the k-th score. Float32 products round differently
+with the BLAS kernel, the tile shape and an item's position, so without this two
+copies of one item could rank apart, and faiss and torch could disagree at ties.
+
 **Query exclusion by index.** With ``exclude_self=True`` query ``i`` *is* reference
 ``i`` and is removed from its own neighbour list by its index, never by dropping rank 0
 (dropping rank 0 is wrong when another item ties with the query, e.g. a duplicated
-image; see ``metrics-and-anchors.md`` §4.8 item 1). Ties between distinct reference
-items (duplicated embeddings) are ordered by reference index, whatever the backend, so
-results do not depend on the backend's tie order (for a tie straddling rank ``k``, the
-torch backend also lets the lowest indices make the cut; faiss keeps its own choice).
+image; ``docs/metrics.md`` §4.8 item 1).
 
 Backends:
 
@@ -29,17 +34,10 @@ Backends:
   to every GPU is what breaks on large sets, ROADMAP #6). faiss-GPU cannot return more
   than 2048 neighbours (faiss #1501); above that the search falls back to the torch
   backend on the same GPU (logged, and recorded by :func:`resolve_backend`).
-* ``"auto"``: torch. On the 2-core development machine the torch backend (MKL sgemm)
-  is ~3x faster than the faiss-cpu wheel's exhaustive top-k search (SOP-scale
-  Recall@{1..1000}: 55 s vs 163 s, ``scripts/bench_evaluator.py``); choose ``faiss``
-  explicitly for faiss-GPU.
+* ``"auto"``: torch (for a set against itself, :mod:`npair.evaluation.retrieval` then
+  computes half the products; ``scripts/bench_evaluator.py``).
 
-:func:`iter_retrieval` is the evaluator's shared search for a test set against itself:
-the exact rank of every query's first same-label neighbour (Recall@K for *all* K at
-once) and the label matches of its top-k list (MAP@R, R-precision). The torch backend
-computes the first-hit rank without a top-k at all — it counts, in each query's
-similarity row, the items scoring above the query's best positive — so Recall@1000
-costs no more than Recall@1.
+A test set against itself (Recall@K, MAP@R) is :func:`npair.evaluation.retrieval.search_self`.
 """
 
 from __future__ import annotations
@@ -51,6 +49,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from .exact import cut_is_complete, error_bound, full_precision_matmul, max_norm, order_exactly
 
 log = logging.getLogger(__name__)
 # faiss's loader logs each CPU-specific build it tries at INFO, failures included (8 lines per process, among
@@ -181,57 +181,68 @@ def iter_knn(
     exclude_self: bool = False,
     chunk_size: int | None = None,
     prepared: bool = False,
+    query_index: np.ndarray | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(start, scores, indices)`` for consecutive query chunks.
 
-    ``scores``/``indices`` are ``(chunk, k)``, most similar first, ``indices`` int64
-    into ``reference``. With ``exclude_self`` query ``i`` is reference item ``i``
-    (``query`` must equal ``reference[:len(query)]``) and never appears in its own list.
-    ``prepared=True`` skips validation/normalisation (inputs already from
-    :func:`prepare_embeddings`).
+    ``scores``/``indices`` are ``(chunk, k)`` in the exact order (module docstring),
+    ``indices`` int64 into ``reference``, ``scores`` the float32 search scores. With
+    ``exclude_self`` query ``i`` is reference item ``i`` (``query`` must equal
+    ``reference[:len(query)]``) and never appears in its own list. ``prepared=True``
+    skips validation/normalisation (inputs already from :func:`prepare_embeddings`).
+    ``query_index``: with ``exclude_self``, the reference index of each query, when the
+    queries are not the first rows of the reference.
     """
+    if not prepared:
+        query = prepare_embeddings(query, similarity, "query embeddings")
+        reference = prepare_embeddings(reference, similarity, "reference embeddings")
+    for start, values, index, err in iter_candidates(
+        query, reference, k, similarity=similarity, backend=backend, device=device,
+        exclude_self=exclude_self, chunk_size=chunk_size, prepared=True, query_index=query_index,
+    ):  # fmt: skip
+        queries = np.arange(start, start + len(values))
+        yield start, *order_exactly(values, index, queries, k, err, query, reference, similarity)
+
+
+def iter_candidates(
+    query: np.ndarray,
+    reference: np.ndarray,
+    k: int,
+    *,
+    similarity: str = "cosine",
+    backend: str = "auto",
+    device: str = "cpu",
+    exclude_self: bool = False,
+    chunk_size: int | None = None,
+    prepared: bool = False,
+    query_index: np.ndarray | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Like :func:`iter_knn`, but yields ``(start, scores, indices, err)``: float32
+    candidate lists of at least ``k`` items in float32 order whose cut at ``k`` is
+    complete (:func:`~npair.evaluation.exact.cut_is_complete`), not yet in the exact
+    order, with each query's error bound ``err``. ``query_index``: with
+    ``exclude_self``, the reference index of each query (default ``0..len(query)-1``)."""
     if not prepared:
         query = prepare_embeddings(query, similarity, "query embeddings")
         reference = prepare_embeddings(reference, similarity, "reference embeddings")
     check_similarity(similarity)
     if query.shape[1] != reference.shape[1]:
         raise ValueError(f"query dimension {query.shape[1]} != reference dimension {reference.shape[1]}")
-    if exclude_self and len(query) > len(reference):
+    if exclude_self and query_index is None and len(query) > len(reference):
         raise ValueError(
             f"exclude_self needs query ⊂ reference, got {len(query)} queries > {len(reference)} references"
         )
+    own = np.arange(len(query)) if query_index is None else np.asarray(query_index, dtype=np.int64)
     _check_k(k, len(reference), exclude_self)
+    err = error_bound(query, max_norm(reference), similarity)
     used = resolve_backend(backend, device, k + int(exclude_self))
-    if used == "torch":
-        chunks = _torch_knn(query, reference, k, similarity, device, exclude_self, chunk_size)
-    else:
-        chunks = _faiss_knn(
-            query, reference, k, similarity, device if used == "faiss-gpu" else None, exclude_self, chunk_size
-        )
-    for start, scores, indices in chunks:
-        yield start, *order_ties_by_index(scores, indices)
-
-
-def order_ties_by_index(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Within each row, order equal scores by increasing reference index (rows are
-    already sorted by decreasing score; only rows containing a tie are re-sorted).
-
-    >>> s, i = order_ties_by_index(np.array([[2.0, 1.0, 1.0]]), np.array([[7, 9, 4]]))
-    >>> i.tolist()
-    [[7, 4, 9]]
-    """
-    if scores.shape[1] < 2:
-        return scores, indices
-    tied = (scores[:, 1:] == scores[:, :-1]).any(axis=1)
-    if tied.any():
-        rows = np.flatnonzero(tied)
-        sub_s, sub_i = scores[rows], indices[rows]
-        order = np.lexsort((sub_i, -sub_s), axis=-1)
-        scores = scores.copy()
-        indices = indices.copy()
-        scores[rows] = np.take_along_axis(sub_s, order, axis=1)
-        indices[rows] = np.take_along_axis(sub_i, order, axis=1)
-    return scores, indices
+    search = _torch_search if used == "torch" else _faiss_search
+    gpu = device if used == "faiss-gpu" else None
+    with full_precision_matmul():
+        for start, v, i in search(
+            query, reference, k, err, similarity, device, gpu, exclude_self, chunk_size, own
+        ):
+            yield start, v, i, err[start : start + len(v)]
 
 
 def knn(
@@ -255,27 +266,34 @@ def knn(
     return np.concatenate(scores), np.concatenate(indices)
 
 
-def topk_ties_by_index(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.topk`` per row, except that when tied scores straddle rank ``k`` the
-    lowest-index tied items make the cut (torch's own choice is arbitrary). Rows are
-    checked with one comparison pass; only rows with such a tie are redone."""
-    values, idx = torch.topk(s, k, dim=1, largest=True, sorted=True)
-    kth = values[:, -1:]
-    if s.device.type == "cpu":  # numpy reductions: ~2x faster than torch's on CPU
-        at_or_above = torch.from_numpy(np.greater_equal(s.numpy(), kth.numpy()).sum(1, dtype=np.int64))
-    else:
-        at_or_above = (s >= kth).sum(1)
-    straddle = torch.nonzero(at_or_above > k).flatten()
-    for i in straddle.tolist():
-        row = s[i]
-        above = torch.nonzero(row > kth[i]).flatten()
-        tied = torch.nonzero(row == kth[i]).flatten()[: k - len(above)]  # nonzero: increasing index
-        keep = torch.cat([above, tied])
-        values[i] = row[keep]
-        idx[i] = keep
-        order = torch.sort(values[i], descending=True, stable=True).indices
-        values[i], idx[i] = values[i][order], idx[i][order]
-    return values, idx
+def _first_size(k: int) -> int:
+    """Candidates fetched at first for a top-k: a margin for ties and near-ties at the cut."""
+    return k + max(2, k // 8)
+
+
+def _complete_lists(
+    rows: int, k: int, n_available: int, err: np.ndarray, fetch
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate lists for ``rows`` queries, each long enough that its cut at ``k`` is
+    complete: ``fetch(row_ids, m)`` returns the top ``m`` (float32, decreasing) of those
+    rows; rows whose cut is not complete are fetched again with twice as many. The
+    result is padded with -inf / -1 to a common length."""
+    m = min(_first_size(k), n_available)
+    pending = np.arange(rows)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    while pending.size:
+        v, i = fetch(pending, m)
+        done = cut_is_complete(v, k, err[pending], exhausted=m >= n_available)
+        parts.append((pending[done], v[done], i[done]))
+        pending = pending[~done]
+        m = min(2 * m, n_available)
+    width = max(p[1].shape[1] for p in parts)
+    values = np.full((rows, width), -np.inf, dtype=np.float32)
+    index = np.full((rows, width), -1, dtype=np.int64)
+    for r, v, i in parts:
+        values[r, : v.shape[1]] = v
+        index[r, : i.shape[1]] = i
+    return values, index
 
 
 def _torch_scores(
@@ -283,25 +301,30 @@ def _torch_scores(
 ) -> torch.Tensor:
     s = q @ r.T
     if similarity == "euclidean":
-        # -‖q - r‖² = 2 q·r - ‖r‖² - ‖q‖²  (the ‖q‖² term keeps scores true distances)
-        s.mul_(2).sub_(r_sq[None, :]).sub_((q * q).sum(1, keepdim=True))
+        # -‖q - r‖² = 2 q·r - ‖q‖² - ‖r‖²  (the ‖q‖² term keeps scores true distances)
+        s.mul_(2).sub_((q * q).sum(1, keepdim=True)).sub_(r_sq[None, :])
     return s
 
 
-def _torch_knn(query, reference, k, similarity, device, exclude_self, chunk_size):
+def _torch_search(query, reference, k, err, similarity, device, _gpu, exclude_self, chunk_size, own):
     dev = torch.device(device)
     r = torch.from_numpy(reference).to(dev)
     r_sq = (r * r).sum(1) if similarity == "euclidean" else None
     chunk = chunk_size or torch_chunk_size(len(reference))
+    n_available = len(reference) - int(exclude_self)
     with torch.no_grad():
         for start in range(0, len(query), chunk):
             q = torch.from_numpy(query[start : start + chunk]).to(dev)
             s = _torch_scores(q, r, r_sq, similarity)
             if exclude_self:
                 rows = torch.arange(len(q), device=dev)
-                s[rows, rows + start] = -math.inf
-            values, idx = topk_ties_by_index(s, k)
-            yield start, values.cpu().numpy(), idx.cpu().numpy().astype(np.int64, copy=False)
+                s[rows, torch.from_numpy(own[start : start + len(q)]).to(dev)] = -math.inf
+
+            def fetch(row_ids, m, s=s):
+                v, i = torch.topk(s[torch.from_numpy(row_ids).to(dev)], m, dim=1)
+                return v.cpu().numpy(), i.cpu().numpy().astype(np.int64, copy=False)
+
+            yield start, *_complete_lists(len(q), k, n_available, err[start : start + len(q)], fetch)
 
 
 def _faiss_index(reference: np.ndarray, similarity: str, device: str | None):
@@ -323,136 +346,43 @@ def _faiss_index(reference: np.ndarray, similarity: str, device: str | None):
     return index, resources
 
 
-def _faiss_knn(query, reference, k, similarity, device, exclude_self, chunk_size):
-    index, _resources = _faiss_index(reference, similarity, device)
-    k_search = k + int(exclude_self)
+def _faiss_search(query, reference, k, err, similarity, device, gpu, exclude_self, chunk_size, own):
+    index, _resources = _faiss_index(reference, similarity, gpu)
     chunk = chunk_size or 8192
+    n_available = len(reference) - int(exclude_self)
+    r = None
     for start in range(0, len(query), chunk):
         q = query[start : start + chunk]
-        scores, idx = index.search(q, k_search)
-        if similarity == "euclidean":
-            scores = -scores  # faiss returns squared L2 distances
-        if exclude_self:
-            scores, idx = _drop_self(scores, idx, start)
-        yield start, scores, idx
+
+        def fetch(row_ids, m, q=q, start=start):
+            nonlocal r
+            m_search = min(m + int(exclude_self), len(reference))
+            if (
+                gpu is not None and m_search > FAISS_GPU_MAX_K
+            ):  # faiss-GPU's selection limit: torch on the GPU
+                if r is None:
+                    r = torch.from_numpy(reference).to(device)
+                s = _torch_scores(torch.from_numpy(q[row_ids]).to(device), r, (r * r).sum(1), similarity)
+                if exclude_self:
+                    s[torch.arange(len(row_ids)), torch.from_numpy(own[row_ids + start])] = -math.inf
+                v, i = torch.topk(s, m, dim=1)
+                return v.cpu().numpy(), i.cpu().numpy().astype(np.int64, copy=False)
+            scores, idx = index.search(np.ascontiguousarray(q[row_ids]), m_search)
+            if similarity == "euclidean":
+                scores = -scores  # faiss returns squared L2 distances
+            if exclude_self:
+                scores, idx = _drop_self(scores, idx, own[row_ids + start])
+            return scores[:, :m], idx[:, :m]
+
+        yield start, *_complete_lists(len(q), k, n_available, err[start : start + len(q)], fetch)
 
 
-def _drop_self(scores: np.ndarray, idx: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each row's own index from a ``k+1`` result; if absent (tied duplicates
-    pushed it out), drop the last column instead. Returns ``k`` columns."""
-    own = np.arange(start, start + len(idx))[:, None]
-    is_self = idx == own
+def _drop_self(scores: np.ndarray, idx: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own index ``own[row]`` from a ``k+1`` result; if absent (tied
+    duplicates pushed it out), drop the last column instead. Returns ``k`` columns."""
+    is_self = idx == own[:, None]
     missing = ~is_self.any(axis=1)
     is_self[missing, -1] = True
     keep = ~is_self
     n, k1 = idx.shape
     return scores[keep].reshape(n, k1 - 1), idx[keep].reshape(n, k1 - 1)
-
-
-def iter_retrieval(
-    x: np.ndarray,
-    labels: np.ndarray,
-    *,
-    k_top: int,
-    k_first_hit: int,
-    similarity: str = "cosine",
-    backend: str = "auto",
-    device: str = "cpu",
-    chunk_size: int | None = None,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Search the (prepared) set ``x`` against itself, each query excluded by index.
-
-    Yields ``(start, first_hit, matches)`` per query chunk:
-
-    * ``first_hit (b,)`` int64: 0-based rank of the query's first same-label neighbour,
-      exact whenever it is ``< k_first_hit`` (otherwise some value ``>= k_first_hit``;
-      ``n - 1`` or more when the query has no positive at all);
-    * ``matches (b, k_top)`` bool: same-label flags of the ``k_top`` nearest neighbours.
-
-    Ranks follow the tie rule of :func:`order_ties_by_index`. The faiss backend searches
-    ``max(k_top, k_first_hit)`` neighbours; the torch backend counts, per row, the items
-    scoring above the best positive, and runs ``topk`` only for ``k_top`` (small: R).
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    n = len(x)
-    k_search = max(k_top, k_first_hit)
-    _check_k(k_search, n, exclude_self=True)
-    used = resolve_backend(backend, device, k_search + 1)
-    if used != "torch":
-        for start, _, idx in iter_knn(
-            x,
-            x,
-            k_search,
-            similarity=similarity,
-            backend=backend,
-            device=device,
-            exclude_self=True,
-            chunk_size=chunk_size,
-            prepared=True,
-        ):
-            matches = labels[idx] == labels[start : start + len(idx), None]
-            hit = matches.any(axis=1)
-            first = np.where(hit, matches.argmax(axis=1), k_search).astype(np.int64)
-            yield start, first, matches[:, :k_top]
-        return
-    yield from _torch_retrieval(x, labels, k_top, similarity, device, chunk_size)
-
-
-def _count_at_least(s: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: how many scores are ``> threshold`` and ``>= threshold`` (int64).
-
-    On CPU the comparisons run in numpy on the same memory (about 2x faster than torch's
-    bool reductions on the development machine); on GPU in torch.
-    """
-    if s.device.type == "cpu":
-        sn, tn = s.numpy(), threshold.numpy()[:, None]
-        above = np.greater(sn, tn).sum(1, dtype=np.int64)
-        at_or_above = np.greater_equal(sn, tn).sum(1, dtype=np.int64)
-        return torch.from_numpy(above), torch.from_numpy(at_or_above)
-    t = threshold[:, None]
-    return (s > t).sum(1), (s >= t).sum(1)
-
-
-def _torch_retrieval(x, labels, k_top, similarity, device, chunk_size):
-    dev = torch.device(device)
-    n = len(x)
-    r = torch.from_numpy(x).to(dev)
-    r_sq = (r * r).sum(1) if similarity == "euclidean" else None
-    # class members, grouped by class and in index order within a class
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    members = torch.from_numpy(np.argsort(inverse, kind="stable")).to(dev)
-    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]])).to(dev)
-    counts_t = torch.from_numpy(counts).to(dev)
-    inverse_t = torch.from_numpy(inverse.astype(np.int64)).to(dev)
-    chunk = chunk_size or torch_chunk_size(n)
-    with torch.no_grad():
-        for start in range(0, n, chunk):
-            q = r[start : start + chunk]
-            b = len(q)
-            rows = torch.arange(b, device=dev)
-            s = _torch_scores(q, r, r_sq, similarity)
-            s[rows, rows + start] = -math.inf
-            # best positive: gather the row's own class members (self is already -inf)
-            cls = inverse_t[start : start + b]
-            width = int(counts_t[cls].max())
-            slot = torch.arange(width, device=dev)
-            valid = slot[None, :] < counts_t[cls][:, None]
-            cols = members[(offsets[cls][:, None] + slot[None, :]).clamp(max=n - 1)]
-            pos_scores = torch.where(valid, s.gather(1, cols), -math.inf)
-            best, best_slot = pos_scores.max(dim=1)  # first maximum = lowest index among tied positives
-            best_col = cols[rows, best_slot]
-            above, at_or_above = _count_at_least(s, best)
-            first = above.clone()
-            tied = torch.nonzero(at_or_above - above > 1).flatten()
-            for i in tied.tolist():  # exact ties with the best positive (duplicates): lower index first
-                row = s[i]
-                first[i] += int(((row == best[i]) & (torch.arange(n, device=dev) < best_col[i])).sum())
-            no_positive = torch.isinf(best)
-            first[no_positive] = n - 1
-            if k_top > 0:
-                values, idx = topk_ties_by_index(s, k_top)
-                values, idx = order_ties_by_index(values.cpu().numpy(), idx.cpu().numpy())
-                matches = labels[idx] == labels[start : start + b, None]
-            else:
-                matches = np.zeros((b, 0), dtype=bool)
-            yield start, first.cpu().numpy().astype(np.int64), matches

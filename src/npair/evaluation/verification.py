@@ -9,7 +9,8 @@ formal definition (``paper.md`` §8 #14, (c)). Our definition, the likely readin
 * ``q`` is correct when the positive is strictly more similar than every negative
   (a tie with a negative counts as wrong);
 * VRF = fraction of correct queries; the draw is repeated for every seed, and the
-  result is the mean over seeds ± the standard error of that mean.
+  result is the mean over seeds ± the standard error of that mean
+  (``vrf_neg{k}_se_negative_draws``: across draws for one embedding, not across training runs).
 
 Queries whose class has a single test item have no positive: they are excluded and
 counted (``vrf_excluded_singletons``). ``k`` larger than the number of other classes is
@@ -22,31 +23,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .exact import pair_scores
+from .keys import spread_key
 from .metrics import mean_and_standard_error
 
 _BLOCK = 2**22  # elements per temporary block (bounds memory for large C or k·D)
 
-
-def pair_scores(x: np.ndarray, i: np.ndarray, j: np.ndarray, similarity: str) -> np.ndarray:
-    """Similarity of rows ``x[i]`` and ``x[j]`` in float64 (``x`` already prepared, so
-    cosine is a dot product); ``i``/``j`` broadcast, e.g. ``(n,)`` with ``(n, k)``.
-
-    >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
-    >>> pair_scores(x, np.array([0]), np.array([1]), "euclidean").tolist()
-    [-5.0]
-    """
-    i, j = np.broadcast_arrays(np.asarray(i), np.asarray(j))
-    out = np.empty(i.shape, dtype=np.float64)
-    flat_i, flat_j, flat_out = i.reshape(-1), j.reshape(-1), out.reshape(-1)
-    step = max(1, _BLOCK // max(1, x.shape[1]))
-    for s in range(0, flat_i.size, step):
-        a = x[flat_i[s : s + step]].astype(np.float64)
-        b = x[flat_j[s : s + step]].astype(np.float64)
-        if similarity == "euclidean":
-            flat_out[s : s + step] = -((a - b) ** 2).sum(axis=1)
-        else:
-            flat_out[s : s + step] = (a * b).sum(axis=1)
-    return out
+__all__ = ["draw_vrf_trials", "pair_scores", "vrf_accuracy", "vrf_scores"]
 
 
 def draw_vrf_trials(
@@ -112,8 +95,9 @@ def vrf_accuracy(
 def vrf_scores(
     x: np.ndarray, labels: np.ndarray, negatives: Sequence[int], *, seeds: Sequence[int], similarity: str
 ) -> dict[str, float]:
-    """``vrf_neg{k}`` (mean over seeds), ``vrf_neg{k}_se`` (when >= 2 seeds) and
-    ``vrf_excluded_singletons`` for every k in ``negatives``."""
+    """``vrf_neg{k}`` (mean over seeds), ``vrf_neg{k}_se_negative_draws`` (standard error
+    across the draws of negatives, when >= 2 seeds) and ``vrf_excluded_singletons`` for
+    every k in ``negatives``."""
     out: dict[str, float] = {}
     excluded = 0
     for k in negatives:
@@ -124,6 +108,6 @@ def vrf_scores(
         mean, se = mean_and_standard_error(values)
         out[f"vrf_neg{k}"] = mean
         if len(values) > 1:
-            out[f"vrf_neg{k}_se"] = se
+            out[spread_key(f"vrf_neg{k}", "negative_draws")] = se
     out["vrf_excluded_singletons"] = float(excluded)
     return out
