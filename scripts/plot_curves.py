@@ -1,4 +1,4 @@
-"""The paper's training-curve figure (Sohn 2016, WebFace figure; paper.md §5.5) from run directories.
+"""The paper's training-curve figure (Sohn 2016, WebFace figure; docs/paper.md §5.5) from run directories.
 
     python scripts/plot_curves.py \
         --run triplet=outputs/runs/mini_table2/triplet/seed* \

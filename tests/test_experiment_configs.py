@@ -33,11 +33,11 @@ EXPERIMENTS = sorted(p.relative_to(EXPERIMENT_DIR).with_suffix("").as_posix()
 SPEC_FILES = sorted(p.stem for p in TABLE_DIR.glob("*.yaml"))
 LAPTOP_PREFIXES = ("mini", "ablation", "smoke", "claim_check")  # embedded data; every other spec: full scale
 
-# The paper's images per batch for each full table (paper.md §3.1, the LFW-table caption) and the two rows
+# The paper's images per batch for each full table (docs/paper.md §3.1, LFW-table caption) and the two rows
 # that break the LFW table's fixed 384.
 PAPER_BATCH = {"table1_": 144, "table2_": 120, "table3_": 384, "table4_": 384, "curves_": 384}
 BATCH_EXCEPTIONS = {"320-pair-mc": 640, "720-pair-mc": 1440}
-# What each full table trains on and how it is evaluated (paper.md §4).
+# What each full table trains on and how it is evaluated (docs/paper.md §4).
 TABLE_SETUP = {
     "table1_car333": ("car333", "recognition", "googlenet"),
     "table1_flower610": ("flower610", "recognition", "googlenet"),
@@ -49,7 +49,7 @@ TABLE_SETUP = {
     "table4_nxm": ("webface_lfw", "faces", "casia_net"),
     "curves_webface": ("webface_lfw", "faces", "casia_net"),
 }
-EMBEDDING_DIM = {"sop": 512, "cub200": 64, "cars196": 64}  # DESIGN.md §3
+EMBEDDING_DIM = {"sop": 512, "cub200": 64, "cars196": 64}  # docs/design.md §3
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,7 +95,7 @@ def paper_batch(table: str, label: str) -> int:
 
 
 def expected_loss_and_sampler(label: str) -> tuple[str, str]:
-    """The loss and sampler a row label of the paper names (paper.md §5: "60-pair-mc-nm", "96×4", ...)."""
+    """The loss and sampler a row label of the paper names (docs/paper.md §5: "60-pair-mc-nm", "96×4")."""
     if re.fullmatch(r"\d+×\d+", label):
         return "npair_mc", "npair"
     if m := re.fullmatch(r"\d+-pair-(mc|ovo)(-nm)?", label):
@@ -190,7 +190,7 @@ def test_full_tables_carry_the_papers_numbers() -> None:
         spec = load_spec(table)
         assert spec.paper_source, table
         assert all(row.paper for row in spec.rows), f"{table}: a row without the paper's numbers"
-    # spot checks against paper.md §5 (Table 2a with its odd bold R@1000, the LFW table, the N×M table)
+    # spot checks against docs/paper.md §5 (Table 2a with its odd bold R@1000, the LFW table, the N×M table)
     sop = {row.label: row.paper for row in load_spec("table2_sop").rows}
     assert sop["60-pair-mc-nm"]["recall@1000"] == 97.81 and sop["60-pair-mc"]["recall@1000"] == 97.92
     lfw = {row.label: row.paper for row in load_spec("table3_lfw").rows}

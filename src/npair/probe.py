@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 @torch.no_grad()
 def batch_accuracy(embeddings: Tensor, layout: str, n_per_class: int) -> float | None:
-    """The paper's training-curve accuracy on the current batch (inner product, paper.md §5.5).
+    """The paper's training-curve accuracy on the current batch (inner product, docs/paper.md §5.5).
 
     class_blocks: the N-way accuracy — an anchor (image 1 of its class block) is right when its own
     positive (image 2) is the most similar of the N positives. triplets: the 2-way accuracy f·f⁺ > f·f⁻.
@@ -30,7 +30,7 @@ def batch_accuracy(embeddings: Tensor, layout: str, n_per_class: int) -> float |
 
 class Probe:
     """A fixed batch of N training classes × 2 images, scored the way the paper's training-curve figure
-    measures every model (paper.md §5.5): N-way and 2-way ("triplet") accuracy and loss on inner products
+    measures every model (docs/paper.md §5.5): N-way and 2-way ("triplet") accuracy and loss on inner products
     (``trainer.probe_similarity=cosine``: on cosines, for models trained on normalised embeddings).
 
     N-way: anchor i is right when its own positive is the most similar of the N positives; the N-way loss

@@ -1,4 +1,4 @@
-"""Tiny fixtures in each dataset's official on-disk format (datasets.md §9), generated per test.
+"""Tiny fixtures in each dataset's official on-disk format (docs/datasets.md §9), generated per test.
 
 The ``fake_data`` fixture maps a format name to its maker, e.g. ``fake_data["cub"](tmp_path)``.
 """

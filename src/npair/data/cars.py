@@ -1,6 +1,6 @@
 """Stanford Cars / Cars196 (Krause et al. 2013) in the "all images" format, with the DML split.
 
-Files (datasets.md §2, format 1): ``car_ims/000001.jpg ... 016185.jpg`` and ``cars_annos.mat``
+Files (docs/datasets.md §2, format 1): ``car_ims/000001.jpg ... 016185.jpg`` and ``cars_annos.mat``
 whose ``annotations`` struct has fields ``relative_im_path, bbox_x1, bbox_y1, bbox_x2, bbox_y2,
 class, test``. Split: class ids 1-98 train (8,054 images), 99-196 test (8,131), by the numeric
 ``class`` field (not folder or name order). The ``test`` flag and the boxes are ignored.

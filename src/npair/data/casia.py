@@ -1,6 +1,6 @@
 """CASIA-WebFace (Yi et al. 2014): one folder per identity, the training set for faces.
 
-Layout (datasets.md §6): ``CASIA-WebFace/<7-digit identity id>/<3-digit>.jpg``, 494,414 images
+Layout (docs/datasets.md §6): ``CASIA-WebFace/<7-digit identity id>/<3-digit>.jpg``, 494,414 images
 of 10,575 identities, 250x250 JPEG; the label is the folder. The dataset needs a signed request
 to CASIA (``python -m npair.data.download casia_webface`` prints the steps). Cleaned copies
 (e.g. happynear's "washed" list) have fewer images: set ``dataset.verify_counts=false`` for those.

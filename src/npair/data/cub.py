@@ -1,6 +1,6 @@
 """CUB-200-2011 (Wah et al. 2011) in its official on-disk format, with the DML split.
 
-Split (Song et al. CVPR16 unseen-class protocol; datasets.md §1): class ids 1-100 train
+Split (Song et al. CVPR16 unseen-class protocol; docs/datasets.md §1): class ids 1-100 train
 (5,864 images), 101-200 test (5,924 images). Classes come from ``image_class_labels.txt``,
 never from folder order; ``train_test_split.txt`` (the classification split) is ignored.
 """

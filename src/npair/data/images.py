@@ -2,7 +2,7 @@
 
 :class:`ImageListDataset` is a map-style dataset over ``(path, label)`` records that decodes
 images lazily with PIL, always converting to the configured colour mode (some CUB and Cars
-images are grayscale or CMYK; datasets.md §1, §2). Builders (``build_cub200`` ...) read a
+images are grayscale or CMYK; docs/datasets.md §1, §2). Builders (``build_cub200`` ...) read a
 dataset's metadata files into records, split them, and wrap each split in one of these.
 
 Missing or broken data:

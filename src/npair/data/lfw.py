@@ -13,7 +13,7 @@ indices into the test split:
   number of trials, then per trial a count line and ``index, filename`` lines). Probes whose
   person has no gallery image are the open-set impostors. This is the format of
   ``npair.evaluation.faces`` (protocols ``closed_set_rank1`` and ``open_set_dir``). BLUFR indices refer to
-  ``image_list.txt``, which is not in Python sort order (datasets.md §5), so lists are matched
+  ``image_list.txt``, which is not in Python sort order (docs/datasets.md §5), so lists are matched
   **by file name**, never by position.
 
 ``people.txt`` (View 2: first line the number of folds, then per fold a count line and

@@ -1,6 +1,6 @@
 """List-file datasets (Car-333, Flower-610) and Oxford Flowers-102 as the public stand-in.
 
-Car-333 (Xie et al. CVPR15) and Flower-610 have no public release (datasets.md §7-8); users
+Car-333 (Xie et al. CVPR15) and Flower-610 have no public release (docs/datasets.md §7-8); users
 who hold a copy describe it with a **list file**, one image per line::
 
     # comment lines and blank lines are ignored
@@ -15,7 +15,7 @@ who hold a copy describe it with a **list file**, one image per line::
 Table 1 of the paper is a closed-set (seen-class) protocol: test classes are the training
 classes (``protocol: seen``, shared label ids, kNN against the training split). The counts
 attributed to the paper (Car-333: 157,023 / 7,840 images, 333 classes; Flower-610: 58,721 /
-3,050, 610 classes) are **not confirmed** (paper.md §4.1), so the configs leave
+3,050, 610 classes) are **not confirmed** (docs/paper.md §4.1), so the configs leave
 ``verify_counts`` off and record those numbers under ``published_counts``.
 
 Oxford Flowers-102 (Nilsback & Zisserman 2008) is read in torchvision's ``Flowers102`` on-disk

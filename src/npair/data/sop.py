@@ -1,7 +1,7 @@
 """Stanford Online Products (Song et al. CVPR16) in its official on-disk format.
 
 ``Ebay_train.txt`` / ``Ebay_test.txt``: a header line, then ``image_id class_id super_class_id
-path`` rows (parsed by position; datasets.md §3). The split is fixed by the files: train 59,551
+path`` rows (parsed by position; docs/datasets.md §3). The split is fixed by the files: train 59,551
 images of 11,318 classes, test 60,502 images of 11,316 classes.
 """
 

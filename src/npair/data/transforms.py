@@ -6,7 +6,7 @@ Two pipelines:
   GoogLeNet in deep metric learning. Train: resize the shorter side to ``resize`` (256),
   random crop ``image_size`` (224), horizontal flip. Test: resize to ``resize``, centre crop
   ``image_size``. Both: ImageNet mean/std normalisation. The paper's augmentation is not
-  stated (paper.md §4.4, "(c) not confirmed"); random crop + flip is the usual candidate.
+  stated (docs/paper.md §4.4, "(c) not confirmed"); random crop + flip is the usual candidate.
   ``resize: null`` keeps the 256/224 ratio for other sizes (e.g. 37 for ``image_size=32``).
 * ``face`` (CASIA-WebFace -> LFW): the CASIA network's input per Yi et al. 2014, "Learning
   Face Representation from Scratch": 100x100 grayscale faces. Yi et al. align faces with

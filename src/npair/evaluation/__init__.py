@@ -1,7 +1,7 @@
 """Evaluation of embeddings: retrieval (Recall@K, MAP@R), clustering (NMI, F1),
 recognition (kNN, softmax †), verification (VRF neg=k) and face protocols (LFW).
 
-Public interface (CONTRACT.md):
+Public interface (docs/design.md §1):
 
 * :class:`EmbeddingSet` (:mod:`.embedding_set`) — embeddings ``(n, D)`` float32, labels ``(n,)`` int64, optional logits;
 * :class:`Evaluator` — ``Evaluator(metrics=[...], ks=[...], similarity=..., backend=...)``,

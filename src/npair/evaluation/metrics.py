@@ -9,7 +9,7 @@ chunks) or its mean.
 Clustering metrics take two label vectors (classes, clusters) and work from their
 contingency counts.
 
-Definitions follow ``reference/metrics-and-anchors.md`` §4.0: Recall@K as in Song et al.
+Definitions follow ``docs/metrics.md`` §4.0: Recall@K as in Song et al.
 (CVPR 2016) — at least one same-class item among the K nearest; MAP@R and R-precision as
 in pytorch-metric-learning; NMI with the arithmetic normalisation ``2 I / (H_1 + H_2)``
 (scikit-learn's default); F1 the pair-counting clustering F1.
@@ -292,7 +292,7 @@ def _pairs(counts: np.ndarray) -> float:
 
 
 def pair_f1(classes: np.ndarray, clusters: np.ndarray) -> float:
-    """Pair-counting clustering F1 (Song et al. 2016; ``metrics-and-anchors.md`` §4.0).
+    """Pair-counting clustering F1 (Song et al. 2016; ``docs/metrics.md`` §4.0).
 
     ``TP = Σ C(n_cj, 2)``, ``F1 = 2·TP / (Σ_c C(n_c, 2) + Σ_j C(n_j, 2))`` — the harmonic
     mean of pair precision and recall; equal to sklearn's ``pair_confusion_matrix``

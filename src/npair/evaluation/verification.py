@@ -1,7 +1,7 @@
 """VRF (neg = k): verification against k negatives (Sohn 2016 Table 1, "VRF (neg=1)", "VRF (neg=71)").
 
 The paper evaluates verification "at different numbers of negative examples" without a
-formal definition (``paper.md`` §8 #14, (c)). Our definition, the likely reading:
+formal definition (``docs/paper.md`` §8 #14, (c)). Our definition, the likely reading:
 
 * for each test query ``q`` draw **one positive** — another test item of ``q``'s class,
   uniformly — and **k negatives** — k *distinct* other classes drawn uniformly without

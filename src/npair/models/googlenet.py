@@ -1,6 +1,6 @@
 """GoogLeNet (Szegedy et al. 2015, Inception v1) as the image backbone: 1024-d pool5 features.
 
-The paper's image experiments use GoogLeNet pretrained on ImageNet (paper.md §4.2, the usual
+The paper's image experiments use GoogLeNet pretrained on ImageNet (docs/paper.md §4.2, the usual
 reading; "(c) not confirmed" from the paper itself). torchvision's port (with batch norm) is
 used through the weights API; the auxiliary classifiers are dropped and the 1000-way ``fc``
 replaced by the identity, so ``forward`` returns the global-average-pooled features.

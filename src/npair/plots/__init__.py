@@ -1,6 +1,6 @@
 """Figures built from run directories and table CSVs (never from anything else).
 
-- :func:`training_curves` — the paper's training-curve figure (paper.md §5.5): (a) loss and (b) accuracy
+- :func:`training_curves` — the paper's training-curve figure (docs/paper.md §5.5): (a) loss and (b) accuracy
   measured N-way and 2-way against the optimiser step, mean over seeds ± standard error, horizontal lines at
   the other models' final N-way accuracy and a marker where the N-pair-mc curve first reaches each.
 - :func:`recall_at_k` — Recall@K per method with ± SE error bars and the paper's values (dashed lines, hollow

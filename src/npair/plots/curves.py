@@ -126,7 +126,7 @@ def training_curves(
     band: bool = True,
     smooth: int = 1,
 ) -> Path:
-    """The paper's training-curve figure (paper.md §5.5) from the runs' train_log.csv files.
+    """The paper's training-curve figure (docs/paper.md §5.5) from the runs' train_log.csv files.
 
     ``runs`` maps a legend label ("triplet", "60-pair-ovo", "60-pair-mc") to run directories (seeds of one
     config: runs of different configs under one label are an error naming them, npair.identity; the mean
