@@ -16,6 +16,7 @@ import pytest
 from matplotlib.image import imread
 
 from npair import plots
+from npair.evaluation.keys import SPREAD_SHORT
 from npair.loggers import RunLogger
 from npair.plots.cli import parse_run_specs
 from tests.helpers import PAPER, REPO
@@ -310,8 +311,9 @@ def test_the_papers_series_are_labelled_per_method_and_drawn_unlike_ours(
     figures = drawn(monkeypatch)
     out = plots.recall_at_k(table_csv(tmp_path / "t2.csv", rows), tmp_path / "r.png")
     data = json.loads(out.with_suffix(".json").read_text())
-    assert data["legend"] == ["ours, mean ± SE (3/3 seeds each)", "triplet", "triplet-nm", "60-pair-mc",
-                              "paper", "triplet (paper)", "60-pair-mc (paper)"]
+    heading = "ours, mean ± s.e. across training seeds (3/3 seeds each)"
+    assert data["legend"] == [heading, "triplet", "triplet-nm", "60-pair-mc", "paper", "triplet (paper)",
+                              "60-pair-mc (paper)"]
     (ax,) = figures[0].axes
     assert [t.get_text() for t in ax.get_legend().get_texts()] == data["legend"]
     at_same_place = [line for line in ax.get_lines() if list(line.get_ydata()) == [50.0, 63.0]]
@@ -343,3 +345,27 @@ def test_metric_figures_use_the_tables_labels(tmp_path: Path, monkeypatch: pytes
     assert [t.get_text() for t in figures[0].axes[0].get_xticklabels()] == ["NMI", "R@1"]
     older = plots.metric_bars(table_csv(tmp_path / "old.csv", rows, labels=False), tmp_path / "o.png")
     assert json.loads(older.with_suffix(".json").read_text())["labels"] == ["nmi", "recall@1"]  # older CSVs
+
+
+def test_every_error_bar_says_it_is_the_spread_across_training_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wording = SPREAD_SHORT["training_seeds"]  # one wording for tables, CSVs and figures
+    assert wording == "s.e. across training seeds"
+    rows = [("triplet", "recall@1", 30.0, 43.3), ("triplet", "recall@2", 41.0, 55.8), ("triplet", "nmi", 55.0, None)]
+    figures = drawn(monkeypatch)
+    plots.recall_at_k(table_csv(tmp_path / "t2.csv", rows), tmp_path / "r.png")
+    plots.metric_bars(table_csv(tmp_path / "t2.csv", rows), tmp_path / "m.png")
+    lines, bars = (fig.axes[0] for fig in figures)
+    assert lines.get_title() == f"t2: Recall@K (mean ± {wording})"
+    assert lines.get_legend().get_texts()[0].get_text().startswith(f"ours, mean ± {wording}")
+    assert bars.get_title() == f"t2 (mean ± {wording})"
+
+    curves = importlib.import_module("npair.plots.curves")
+    kept: list[Any] = []
+    monkeypatch.setattr(curves, "save_figure", lambda fig, out, data: kept.append(fig) or out)
+    runs = {"triplet": [write_log(tmp_path / "a", [0.1, 0.2, 0.3, 0.35, 0.38, 0.4]),
+                        write_log(tmp_path / "b", [0.1, 0.2, 0.3, 0.36, 0.39, 0.41])]}
+    plots.training_curves(runs, tmp_path / "c.png")
+    (note,) = [t.get_text() for t in kept[0].texts if "2-way" in t.get_text()]
+    assert f"Mean over training seeds ± {wording} (band)" in note

@@ -95,10 +95,48 @@ def test_write_table_writes_md_csv_tex(tmp_path: Path) -> None:
     assert "demo,triplet,recall@1,40.0" in csv_text
     assert "demo,absent,recall@1,,,0,3,,,0" in csv_text
     header, first, second = (line.split(",") for line in csv_text.splitlines()[:3])
-    assert header[-4:] == ["completed_runs", "metric_label", "group_hash", "config_hashes"]
+    assert header[-7:] == ["completed_runs", "metric_label", "group_hash", "config_hashes", "se_over",
+                           "value_is_se_over", "within_run_spread"]
     assert first[header.index("metric_label")] == "R@1"  # the figures' labels
     assert second[:3] == ["demo", "triplet", "nmi"] and second[header.index("metric_label")] == "NMI"
+    assert first[header.index("within_run_spread")] == ""  # Recall@1 is one measurement per run
+    assert second[header.index("within_run_spread")] == "nmi_se_kmeans_seeds"
+    se_over = {line.split(",")[header.index("se_over")] for line in csv_text.splitlines()[1:]}
+    assert se_over == {"training_seeds"}
     assert r"\textbf{40.00}" in paths["tex"].read_text()
+
+
+def test_the_footers_name_each_kind_of_spread(tmp_path: Path) -> None:
+    spec = TableSpec(name="faces", title="Faces", seeds=[0, 1, 2], rows=[
+        Row("60-pair-mc", "demo/npair_mc", paper={"lfw_acc": 98.0, "lfw_acc_se_folds": 0.2},
+            paper_se={"lfw_acc": 0.2}),
+    ], metrics=[{"key": "lfw_acc", "label": "VRF"}, {"key": "lfw_acc_se_folds", "label": "VRF s.e."},
+                {"key": "nmi", "label": "NMI"}, {"key": "f1", "label": "F1"},
+                {"key": "vrf_neg9", "label": "VRF (neg=9)"}, {"key": "recall@1", "label": "R@1"}])
+    for seed in spec.seeds:
+        write_run(tmp_path, spec, spec.rows[0], seed, {"lfw_acc": 0.98, "lfw_acc_se_folds": 0.002, "nmi": 0.5,
+                                                         "f1": 0.2, "vrf_neg9": 0.9, "recall@1": 0.4})
+    paths = write_table(spec, tmp_path)
+    md, tex = paths["md"].read_text(), paths["tex"].read_text()
+    for text in (md, tex):
+        assert "Mean ± standard error over training seeds (one run per seed), seeds [0, 1, 2]" in text
+        assert ("NMI, F1: each run's value is the mean over k-means seeds (eval.kmeans_seeds); that spread "
+                "(`nmi_se_kmeans_seeds`, `f1_se_kmeans_seeds` in metrics.json") in text
+        assert "`vrf_neg9_se_negative_draws` in metrics.json, standard error over draws of the negatives" in text
+        assert "VRF: each run's value is the mean over the 10 LFW folds" in text
+        assert "VRF s.e.: each run's standard error over the 10 LFW folds, one embedding" in text
+        assert "↳ paper ±: the paper's own ±" in text
+        assert "R@1:" not in text and "recall@1_se" not in text  # one measurement per run: nothing to say
+    assert all(line.startswith("%") for line in tex.split(r"\end{tabular}")[1].strip().splitlines())
+
+
+def test_a_one_seed_table_says_it_has_no_spread_across_seeds(tmp_path: Path) -> None:
+    spec = make_spec()
+    spec.seeds = [0]
+    write_run(tmp_path, spec, spec.rows[0], 0, {"recall@1": 0.4, "nmi": 0.5})
+    md = write_table(spec, tmp_path)["md"].read_text()
+    assert "One run per row (seed 0): no ± across training seeds" in md and "over training seeds" not in md
+    assert "paper ±" not in md  # the demo rows print no paper ±
 
 
 def test_tables_share_runs_and_re_evaluations_read_their_own_file(tmp_path: Path) -> None:

@@ -44,9 +44,10 @@ from tqdm.auto import tqdm
 from npair import identity, locks
 from npair.configuration import CONFIG_DIR
 from npair.errors import DEBUG_ENV, add_debug_option, run_cli
-from npair.evaluation.keys import read_metric
+from npair.evaluation.keys import read_metric, spread_key, spread_of, within_run_spread
 from npair.runio import METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete, read_metrics
 from npair.stats import mean_se
+from npair.table_notes import seeds_note, spread_notes
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -609,14 +610,21 @@ def to_markdown(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
                     for k in keys]
             out.write("| ↳ paper | " + " | ".join(paper) + " |\n")
             out.write("| ↳ ours − paper | " + " | ".join(diff) + " |\n")
-    out.write(f"\nMean ± standard error over seeds {spec.seeds}; bold: the best and those whose ±SE interval "
-              "overlaps it (the paper's rule).")
+    out.write(f"\n{seeds_note(spec.seeds)}; bold: the best and those whose ±SE interval overlaps it "
+              "(the paper's rule).")
+    for note in footer_notes(spec):
+        out.write(f" {note}.")
     if has_paper and spec.paper_source:
         out.write(f" Paper numbers: {spec.paper_source}.")
     if spec.notes:
         out.write(f" {spec.notes.strip()}")
     out.write(f"\n\n{hash_footer(spec, table)}\n")
     return out.getvalue()
+
+
+def footer_notes(spec: TableSpec) -> list[str]:
+    """What the within-run spreads of the table's columns and the paper's ``±`` are (npair.table_notes)."""
+    return spread_notes(spec.metrics, has_paper_se=any(row.paper_se for row in spec.rows))
 
 
 def hash_footer(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
@@ -632,13 +640,17 @@ def to_csv(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff",
-                     "completed_runs", "metric_label", "group_hash", "config_hashes"])
+                     "completed_runs", "metric_label", "group_hash", "config_hashes", "se_over",
+                     "value_is_se_over", "within_run_spread"])
     for row in spec.rows:
         for metric in spec.metrics:
-            c = table[row.label][metric["key"]]
-            writer.writerow([spec.name, row.label, metric["key"], c.mean, c.se, c.n, c.expected, c.paper, c.diff,
-                             c.runs, metric.get("label", metric["key"]), c.group_hash or "",
-                             " ".join(c.config_hashes)])
+            key = metric["key"]
+            c = table[row.label][key]
+            over = within_run_spread(key)
+            writer.writerow([spec.name, row.label, key, c.mean, c.se, c.n, c.expected, c.paper, c.diff,
+                             c.runs, metric.get("label", key), c.group_hash or "", " ".join(c.config_hashes),
+                             "training_seeds", (spread_of(key) or ("", ""))[1],
+                             spread_key(key, over) if over else ""])
     return out.getvalue()
 
 
@@ -656,7 +668,9 @@ def to_latex(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
                 f" $\\pm$ {_fmt(c.se, spec.decimals)}" if c.se is not None else "")
             cells.append(f"\\textbf{{{text}}}" if bold[k][i] else text)
         lines.append(row.label.replace("_", r"\_") + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", "% " + hash_footer(spec, table), ""]
+    notes = [f"{seeds_note(spec.seeds)}.", *(f"{note}." for note in footer_notes(spec))]
+    lines += [r"\bottomrule", r"\end{tabular}", *(f"% {note}" for note in notes),
+              "% " + hash_footer(spec, table), ""]
     return "\n".join(lines)
 
 

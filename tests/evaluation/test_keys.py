@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from npair.evaluation import EmbeddingSet, Evaluator
-from npair.evaluation.keys import SPREADS, canonical_key, read_metric, spread_key, spread_of
+from npair.evaluation.keys import (
+    AVERAGED_OVER,
+    SPREAD_SHORT,
+    SPREADS,
+    canonical_key,
+    read_metric,
+    spread_key,
+    spread_of,
+    within_run_spread,
+)
 
 
 def test_every_standard_error_the_evaluator_emits_names_its_spread():
@@ -31,6 +40,9 @@ def test_every_standard_error_the_evaluator_emits_names_its_spread():
     }  # fmt: skip
     assert all(spread_of(k) is not None and spread_of(k)[1] in SPREADS for k in se_keys)
     assert not any(k.endswith("_se") for k in out)
+    averaged = {spread_key(m, over) for m in out if (over := within_run_spread(m)) is not None}
+    assert averaged == se_keys  # the table footers name exactly the spreads the runs record
+    assert set(SPREAD_SHORT) == set(SPREADS) and set(AVERAGED_OVER) == set(SPREADS) - {"training_seeds"}
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,21 @@ SPREADS: dict[str, str] = {
     "trials": "standard error over identification trials (gallery/probe lists), one embedding",
 }
 
+SPREAD_SHORT: dict[str, str] = {  # the same, as figure labels and legends say it
+    "training_seeds": "s.e. across training seeds",
+    "kmeans_seeds": "s.e. across k-means seeds",
+    "negative_draws": "s.e. across draws of the negatives",
+    "folds": "s.e. across the 10 LFW folds",
+    "trials": "s.e. across identification trials",
+}
+
+AVERAGED_OVER: dict[str, str] = {  # what one run's value is the mean over, for each within-run spread
+    "kmeans_seeds": "k-means seeds (eval.kmeans_seeds)",
+    "negative_draws": "draws of the negatives (eval.vrf_seeds)",
+    "folds": "the 10 LFW folds",
+    "trials": "the identification trials (gallery/probe lists)",
+}
+
 _OLD_SPREAD = [  # legacy "<metric>_se" -> what it was across
     (re.compile(r"^(nmi|f1)_se$"), "kmeans_seeds"),
     (re.compile(r"^(vrf_neg\d+)_se$"), "negative_draws"),
@@ -62,6 +77,16 @@ def spread_of(key: str) -> tuple[str, str] | None:
         if match:
             return match.group(1), over
     return None
+
+
+def within_run_spread(metric: str) -> str | None:
+    """What one run's ``metric`` is the mean over (a key of :data:`SPREADS`), None when it is one measurement.
+
+    >>> within_run_spread("nmi"), within_run_spread("vrf_neg9"), within_run_spread("recall@1")
+    ('kmeans_seeds', 'negative_draws', None)
+    """
+    spread = spread_of(f"{metric}_se")  # the legacy names are exactly the metrics that have one
+    return None if spread is None or spread[0] != metric else spread[1]
 
 
 def canonical_key(key: str) -> str:

@@ -3,10 +3,10 @@
 - :func:`training_curves` — the paper's training-curve figure (docs/paper.md §5.5): (a) loss and (b) accuracy
   measured N-way and 2-way against the optimiser step, mean over seeds ± standard error, horizontal lines at
   the other models' final N-way accuracy and a marker where the N-pair-mc curve first reaches each.
-- :func:`recall_at_k` — Recall@K per method with ± SE error bars and the paper's values (dashed lines, hollow
-  squares, one legend entry per method); bars when the table has one K.
-- :func:`metric_bars` — every metric of a table, under the table's labels, as grouped bars with ± SE and the
-  paper's values
+- :func:`recall_at_k` — Recall@K per method, error bars ± s.e. across training seeds, and the paper's values
+  (dashed lines, hollow squares, one legend entry per method); bars when the table has one K.
+- :func:`metric_bars` — every metric of a table, under the table's labels, as grouped bars (± s.e. across
+  training seeds) and the paper's values
   (:func:`table_figures` writes both for one table CSV: the call the table builder makes).
 - :func:`eval_histories` — evaluation metrics against the step from the runs' metrics.json histories.
 - :func:`embedding_projection` — a trained model's test-split embeddings projected to 2-D (PCA / t-SNE).

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     curves.add_argument(
         "--lead", default=None, help="the label whose crossings are marked (default: the *mc* one)"
     )
-    curves.add_argument("--no-band", action="store_true", help="no ± SE band")
+    curves.add_argument("--no-band", action="store_true", help="no band of ± s.e. across training seeds")
     curves.add_argument("--smooth", type=int, default=1, help="trailing mean over this many log points")
     table = sub.add_parser("table", help="Recall@K and metric figures of table CSVs")
     table.add_argument("csv", nargs="+", type=Path, help="outputs/tables/<name>.csv")

@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from npair.identity import require_one_setting
+from npair.evaluation.keys import SPREAD_SHORT
 from npair.plots.style import STYLE, label_colours, save_figure, steps_formatter
 from npair.runio import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
 from npair.stats import mean_se
@@ -129,14 +130,14 @@ def training_curves(
     """The paper's training-curve figure (docs/paper.md §5.5) from the runs' train_log.csv files.
 
     ``runs`` maps a legend label ("triplet", "60-pair-ovo", "60-pair-mc") to run directories (seeds of one
-    config: runs of different configs under one label are an error naming them, npair.identity; the mean
-    is plotted, with a ± SE band when ``band``). Panel (a): N-way and 2-way loss of the fixed probe batch;
-    panel (b): N-way and 2-way accuracy (%). Dotted horizontal lines mark the final N-way accuracy of every
-    model but ``lead`` (default: the first label containing "mc", else the last), and a circle marks the
-    first step at which ``lead``'s N-way accuracy reaches each line. ``smooth`` > 1 draws (and takes the
-    lines and crossings from) a trailing mean over that many log points; the raw mean stays in the JSON.
-    Returns ``out``; ``out.with_suffix(".json")`` holds the plotted series (``mean``, ``se`` and, when
-    smoothing, ``smoothed``), the reference levels and the crossing steps.
+    config: runs of different configs under one label are an error naming them, npair.identity; the mean is
+    plotted, with a band of ± s.e. across training seeds when ``band``). Panel (a): N-way and 2-way loss of
+    the fixed probe batch; panel (b): N-way and 2-way accuracy (%). Dotted horizontal lines mark the final
+    N-way accuracy of every model but ``lead`` (default: the first label containing "mc", else the last), and
+    a circle marks the first step at which ``lead``'s N-way accuracy reaches each line. ``smooth`` > 1 draws
+    (and takes the lines and crossings from) a trailing mean over that many log points; the raw mean stays in
+    the JSON. Returns ``out``; ``out.with_suffix(".json")`` holds the plotted series (``mean``, ``se`` and,
+    when smoothing, ``smoothed``), the reference levels and the crossing steps.
     """
     if smooth < 1:
         raise ValueError(f"training_curves: smooth={smooth}; use 1 (none) or a window of log points")
@@ -261,8 +262,8 @@ def training_curves(
         )
         note = (
             f"{nway}: each anchor against the positives of all classes of a fixed training batch{n_note};\n"
-            "2-way: its positive against one negative. Mean over seeds"
-            + (" ± SE" if band else "")
+            "2-way: its positive against one negative. Mean over training seeds"
+            + (f" ± {SPREAD_SHORT['training_seeds']} (band)" if band else "")
             + (f", trailing mean over {smooth} log points." if smooth > 1 else ".")
         )
         fig.text(0.5, -0.02, note, ha="center", va="bottom", fontsize=8.5, color="0.35", linespacing=1.4)

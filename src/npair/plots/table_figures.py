@@ -13,6 +13,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from npair.evaluation.keys import SPREAD_SHORT
 from npair.plots.style import STYLE, label_colours, save_figure
 
 
@@ -47,6 +48,9 @@ def _methods(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in rows))
 
 
+SEEDS_SE = SPREAD_SHORT["training_seeds"]  # what every error bar of these figures is
+
+
 def _metric_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
     """Metric key -> the table's column label (the CSV's ``metric_label``; the key for older CSVs)."""
     return {r["metric"]: r.get("metric_label") or r["metric"] for r in rows}
@@ -75,11 +79,12 @@ def _figure_width(axes_width: float, labels: Sequence[str]) -> float:
 
 
 def recall_at_k(table_csv: Path, out: Path) -> Path:
-    """Recall@K against K for each method of a table (paper Table 2 style), mean ± SE over seeds.
+    """Recall@K against K for each method of a table (paper Table 2 style), mean ± s.e. across training seeds.
 
-    Ours: solid lines, filled circles, ± SE error bars; the paper's numbers, where the table has them: dashed
-    lines and hollow squares, one legend entry per method. Methods without completed runs appear only with
-    their paper values. A table with one K has no line to draw: it gets bars (:func:`metric_bars`).
+    Ours: solid lines, filled circles, error bars ± s.e. across training seeds; the paper's numbers, where the
+    table has them: dashed lines and hollow squares, one legend entry per method. Methods without completed
+    runs appear only with their paper values. A table with one K has no line to draw: it gets bars
+    (:func:`metric_bars`).
     """
     rows = read_table_csv(table_csv)
     recall = [r for r in rows if re.fullmatch(r"recall@\d+", r["metric"])]
@@ -91,7 +96,7 @@ def recall_at_k(table_csv: Path, out: Path) -> Path:
     ks = sorted({int(r["metric"].split("@")[1]) for r in recall})
     table = recall[0].get("table") or Path(table_csv).stem
     if len(ks) == 1:
-        title = f"{table}: Recall@{ks[0]} (mean ± SE over seeds)"
+        title = f"{table}: Recall@{ks[0]} (mean ± {SEEDS_SE})"
         return metric_bars(table_csv, out, [f"recall@{ks[0]}"], title=title)
     methods = _methods(recall)
     colours = label_colours(methods)
@@ -101,7 +106,8 @@ def recall_at_k(table_csv: Path, out: Path) -> Path:
                          for key in ("n_seeds", "expected_seeds")) for m in methods}
     same_seeds = len(set(seeds_of.values())) == 1  # then the heading says it once
     with rc_context(STYLE):
-        fig = Figure(figsize=(_figure_width(6.0, [*methods, "ours, mean ± SE (3/3 seeds each)"]), 4.6))
+        widest = f"ours, mean ± {SEEDS_SE} (3/3 seeds each)"
+        fig = Figure(figsize=(_figure_width(6.0, [*methods, widest]), 4.6))
         ax = fig.subplots()
         ours_entries, paper_entries = [], []
         for method, offset in zip(methods, offsets):
@@ -126,9 +132,11 @@ def recall_at_k(table_csv: Path, out: Path) -> Path:
         ax.set_xticks(np.arange(len(ks)), [str(k) for k in ks])
         ax.set_xlabel("K")
         ax.set_ylabel("Recall@K (%)")
-        ax.set_title(f"{table}: Recall@K (mean ± SE over seeds)")
+        ax.set_title(f"{table}: Recall@K (mean ± {SEEDS_SE})")
         seeds, expected = next(iter(seeds_of.values()))
-        ours_heading = f"ours, mean ± SE ({seeds}/{expected} seeds each)" if same_seeds else "ours, mean ± SE"
+        ours_heading = f"ours, mean ± {SEEDS_SE}"
+        if same_seeds:
+            ours_heading += f" ({seeds}/{expected} seeds each)"
         entries = [_heading(ours_heading), *ours_entries]
         if paper_entries:
             entries += [_heading("paper"), *paper_entries]
@@ -141,8 +149,8 @@ def recall_at_k(table_csv: Path, out: Path) -> Path:
 def metric_bars(
     table_csv: Path, out: Path, metrics: Sequence[str] | None = None, title: str | None = None
 ) -> Path:
-    """Each metric of a table (or ``metrics``): bars per method ± SE, the paper's values as hollow diamonds,
-    each metric under the table's column label."""
+    """Each metric of a table (or ``metrics``): bars per method ± s.e. across training seeds, the paper's
+    values as hollow diamonds, each metric under the table's column label."""
     rows = read_table_csv(table_csv)
     metrics = list(metrics) if metrics else list(dict.fromkeys(r["metric"] for r in rows))
     methods = _methods(rows)
@@ -186,7 +194,7 @@ def metric_bars(
             data["methods"][method] = {"mean": mean, "se": se, "paper": paper}
         ax.set_xticks(np.arange(len(metrics)), labels)
         ax.set_ylabel("%")
-        ax.set_title(title or f"{table} (mean ± SE over seeds)")
+        ax.set_title(title or f"{table} (mean ± {SEEDS_SE})")
         handles, names = ax.get_legend_handles_labels()
         if any(any(p is not None for p in m["paper"]) for m in data["methods"].values()):
             handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="black"))
