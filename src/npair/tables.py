@@ -45,6 +45,7 @@ from npair import identity, locks
 from npair.configuration import CONFIG_DIR
 from npair.errors import DEBUG_ENV, add_debug_option, run_cli
 from npair.evaluation.keys import read_metric
+from npair.run_checks import RunCheck, check_dir, move_aside, stale_message
 from npair.runio import METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete, read_metrics
 from npair.stats import mean_se
 
@@ -207,43 +208,9 @@ def composer(overrides: list[str]) -> Composer:
 
 
 # ------------------------------------------------------------------------------------ which runs
-@dataclass(frozen=True)
-class RunCheck:
-    """What a table finds in one run directory, for the config it composes now.
-
-    ``state``: ``completed`` (usable), ``missing`` (to train or resume), ``stale`` (it holds another config:
-    ``reason`` names the differing keys) or ``unverified`` (metrics.json says completed but does not belong
-    to its config.yaml: ``reason`` says why).
-    """
-
-    experiment: str
-    seed: int
-    run_dir: Path
-    state: str
-    reason: str = ""
-    stored_hash: str | None = None  # the hash of the config the directory holds, if any
-
-    @property
-    def usable(self) -> bool:
-        return self.state == "completed"
-
-
 def check_run(experiment: str, seed: int, root: Path, compose: Composer) -> RunCheck:
     """:class:`RunCheck` of one run directory against ``compose(experiment, seed)``."""
-    run_dir = run_dir_of(root, experiment, seed)
-    record = read_metrics(run_dir)
-    stored = identity.stored_config(run_dir)
-    stored_hash = identity.config_hash(stored) if stored is not None else (record or {}).get("config_hash")
-    if stored is not None:
-        diffs = identity.differences(stored, compose(experiment, seed))
-        if diffs:
-            return RunCheck(experiment, seed, run_dir, "stale", identity.listing(diffs), stored_hash)
-    if record and record.get("status") == "completed":
-        problem = identity.record_problem(run_dir, record)
-        if problem:
-            return RunCheck(experiment, seed, run_dir, "unverified", problem, stored_hash)
-        return RunCheck(experiment, seed, run_dir, "completed", stored_hash=stored_hash)
-    return RunCheck(experiment, seed, run_dir, "missing", stored_hash=stored_hash)
+    return check_dir(run_dir_of(root, experiment, seed), compose(experiment, seed), experiment, seed)
 
 
 def check_runs(specs: list[TableSpec], root: Path, compose: Composer) -> list[RunCheck]:
@@ -255,34 +222,6 @@ def check_runs(specs: list[TableSpec], root: Path, compose: Composer) -> list[Ru
                 if (row.experiment, seed) not in seen:
                     seen[row.experiment, seed] = check_run(row.experiment, seed, root, compose)
     return list(seen.values())
-
-
-def stale_message(bad: list[RunCheck]) -> str:
-    many = "y" if len(bad) == 1 else "ies"
-    lines = [f"stopped: {len(bad)} run director{many} would be reused for another config than the table "
-             + "composes now:"]
-    for check in bad:
-        what = "another config" if check.state == "stale" else "an unverified result"
-        lines.append(f"  {check.run_dir} ({what}, config {check.stored_hash or 'unknown'}): {check.reason}")
-    lines.append("Rebuild with the overrides those runs were trained with, or add --rerun-stale to move each "
-                 "aside (to <dir>.stale-<hash>; nothing is deleted) and train it again.")
-    return "\n".join(lines)
-
-
-def move_aside(check: RunCheck) -> Path:
-    """Rename a stale run directory to ``<name>.stale-<hash>`` (``-2``, ``-3`` ... if taken), holding its lock
-    (a process training in it is waited for). Returns the new path."""
-    run_dir = check.run_dir
-    with locks.locked(locks.run_lock(run_dir), on_wait=lambda who: print(
-            f"{run_dir} is in use by {who}: waiting before moving it aside", flush=True)):
-        base = run_dir.with_name(f"{run_dir.name}.stale-{check.stored_hash or 'unknown'}")
-        target, n = base, 1
-        while target.exists():
-            n += 1
-            target = base.with_name(f"{base.name}-{n}")
-        os.rename(run_dir, target)
-    print(f"moved {check.state} run {run_dir} aside to {target}", flush=True)
-    return target
 
 
 @contextlib.contextmanager
