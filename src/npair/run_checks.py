@@ -8,6 +8,7 @@ aside (``<dir>.stale-<its hash>``, nothing deleted) and trained again (``--rerun
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ class RunCheck:
     """What a build finds in one run directory, for the config it composes now.
 
     ``state``: ``completed`` (usable), ``missing`` (to train or resume), ``stale`` (it holds another config:
-    ``reason`` names the differing keys) or ``unverified`` (metrics.json says completed but does not belong
-    to its config.yaml: ``reason`` says why).
+    ``reason`` names the differing keys), ``unverified`` (metrics.json says completed but does not belong
+    to its config.yaml: ``reason`` says why) or ``unselected`` (a final run of a row whose hyperparameter
+    is not chosen yet, so the config it must hold is not known: ``reason`` says why).
     """
 
     experiment: str
@@ -56,16 +58,36 @@ def check_dir(run_dir: Path, expected: DictConfig | dict[str, Any], experiment: 
     return RunCheck(experiment, seed, run_dir, "missing", stored_hash=stored_hash)
 
 
-def stale_message(bad: list[RunCheck]) -> str:
+BLOCKING = ("stale", "unverified", "unselected")  # states a build never reuses
+_WHAT = {"stale": "another config", "unverified": "an unverified result",
+         "unselected": "value not chosen yet"}
+
+
+def stale_message(bad: list[RunCheck], composer: str = "the table") -> str:
+    """Why a build stops on the run directories ``bad`` (each named with its reason) and what to do."""
     many = "y" if len(bad) == 1 else "ies"
-    lines = [f"stopped: {len(bad)} run director{many} would be reused for another config than the table "
+    lines = [f"stopped: {len(bad)} run director{many} would be reused for another config than {composer} "
              + "composes now:"]
     for check in bad:
-        what = "another config" if check.state == "stale" else "an unverified result"
+        what = _WHAT.get(check.state, check.state)
         lines.append(f"  {check.run_dir} ({what}, config {check.stored_hash or 'unknown'}): {check.reason}")
     lines.append("Rebuild with the overrides those runs were trained with, or add --rerun-stale to move each "
                  "aside (to <dir>.stale-<hash>; nothing is deleted) and train it again.")
+    if any(check.state == "unselected" for check in bad):
+        lines.append("A value not chosen yet is chosen by a build that trains (without --no-train).")
     return "\n".join(lines)
+
+
+def settle(checks: Iterable[RunCheck], rerun_stale: bool, composer: str = "the table") -> list[RunCheck]:
+    """Stop on the run directories a build must not reuse (:data:`BLOCKING`), naming them
+    (:func:`stale_message`), or, with ``rerun_stale``, move each aside (:func:`move_aside`) so that it is
+    trained again. Returns those moved aside."""
+    bad = [check for check in checks if check.state in BLOCKING]
+    if bad and not rerun_stale:
+        raise SystemExit(stale_message(bad, composer))
+    for check in bad:
+        move_aside(check)
+    return bad
 
 
 def move_aside(check: RunCheck) -> Path:
