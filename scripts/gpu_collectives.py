@@ -6,8 +6,9 @@ Joins the process group with the backend ``trainer.ddp.backend=auto`` picks (ncc
 then: all_reduce, all_gather (what npair.collectives gathers N-pair negatives with), broadcast_object_list
 and all_gather_object (what npair.collectives hands rank 0's results and every rank's RNG state around with), and
 a few DistributedDataParallel steps of the small conv net under the N-pair-mc loss. Rank 0 writes the
-JSON result. It exists because ``trainer=ddp`` in one process trains without DDP (npair.run_context.setup), so a
-one-GPU machine exercises the process group only here.
+JSON result. ``torchrun --nproc_per_node=1 -m npair.train trainer=ddp`` (the stage's first part) joins the
+same process group, even at world size 1 (npair.run_context.setup), but its metrics.json names neither the backend
+nor what each collective returned; this script checks both, value by value, so a failure names the collective.
 """
 
 from __future__ import annotations

@@ -9,9 +9,17 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from npair import select
-from npair.runio import atomic_write_json
-from npair.selection import Grid, Selection, Settings, check_table, final_sweep, select_and_train
+from npair import identity, select
+from npair.runio import atomic_write_json, atomic_write_text
+from npair.selection import (
+    Grid,
+    Selection,
+    Settings,
+    check_table,
+    compose_seeds,
+    final_sweep,
+    select_and_train,
+)
 from npair.tables import Row, TableSpec, load_spec, write_table
 from npair.train import run
 from tests.helpers import REPO, TINY, compose_config
@@ -106,23 +114,82 @@ def test_choice_is_the_best_mean_and_a_tie_goes_to_the_first_value(tmp_path: Pat
     assert sel.choose()["chosen"] == 0.2
 
 
+def _composed_run(run_dir: Path, overrides: list[str], seed: int = 0, score: float = 0.5) -> str:
+    """A completed run directory as npair.train leaves it for ``overrides``: the resolved config.yaml and a
+    metrics.json whose header hashes it. Returns its config hash."""
+    cfg = compose_seeds(overrides, [seed])[seed]
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    hashes = identity.hashes(cfg)
+    record = {"status": "completed", **hashes, "final": {"recall@1": score}}
+    atomic_write_json(run_dir / "metrics.json", record)
+    return hashes["config_hash"]
+
+
+FINAL_BASE = ["experiment=smoke/npair_mc", "logger=none"]
+
+
 def test_a_final_run_trained_with_another_value_is_not_mixed_in(tmp_path: Path) -> None:
-    _fake_run(tmp_path / "runs" / "seed0", tmp_path, {"temperature": 0.1}, 0.5)
-    record = {"key": "loss.temperature", "chosen": 0.05}
-    with pytest.raises(
-        SystemExit, match="trained with loss.temperature=0.1 but the validation selection chose"
-    ):
-        final_sweep("x", [], record, {0: tmp_path / "runs" / "seed0"}, tmp_path, "seed${seed}")
-    _fake_run(tmp_path / "ok" / "seed0", tmp_path, {"temperature": 0.05}, 0.5)
+    old = _composed_run(tmp_path / "runs" / "seed0", [*FINAL_BASE, "loss.reg_weight=0.0"])
+    record = {"key": "loss.reg_weight", "chosen": 0.02}
+    dirs = {0: tmp_path / "runs" / "seed0"}
+    with pytest.raises(SystemExit, match=r"(?s)stopped: 1 run directory.*final runs of x "
+                       r"\(loss.reg_weight=0.02, chosen on validation classes\).*another config.*"
+                       r"loss.reg_weight: 0.0 -> 0.02"):
+        final_sweep("x", FINAL_BASE, record, dirs, tmp_path, "seed${seed}")
+    sweep = final_sweep("x", FINAL_BASE, record, dirs, tmp_path, "seed${seed}", rerun_stale=True)
+    assert sweep is not None and sweep.overrides == [*FINAL_BASE, "loss.reg_weight=0.02", "seed=0"]
+    assert (tmp_path / "runs" / f"seed0.stale-{old}" / "metrics.json").exists()  # moved aside, not deleted
+    _composed_run(tmp_path / "ok" / "seed0", [*FINAL_BASE, "loss.reg_weight=0.02"])
     sweep = final_sweep(
-        "x",
-        ["loss=npair_mc"],
-        record,
-        {0: tmp_path / "ok" / "seed0", 1: tmp_path / "ok" / "seed1"},
-        tmp_path / "ok",
-        "seed${seed}",
+        "x", FINAL_BASE, record, {0: tmp_path / "ok" / "seed0", 1: tmp_path / "ok" / "seed1"},
+        tmp_path / "ok", "seed${seed}",
     )
-    assert sweep is not None and sweep.overrides == ["loss=npair_mc", "loss.temperature=0.05", "seed=1"]
+    assert sweep is not None and sweep.overrides == [*FINAL_BASE, "loss.reg_weight=0.02", "seed=1"]
+
+
+def test_a_final_run_of_other_overrides_or_a_hand_written_result_is_refused(tmp_path: Path) -> None:
+    record = {"key": "loss.reg_weight", "chosen": 0.02}
+    _composed_run(tmp_path / "a" / "seed0", [*FINAL_BASE, "loss.reg_weight=0.02", "trainer.max_steps=3"])
+    with pytest.raises(SystemExit, match="trainer.max_steps: 3 -> 4"):
+        final_sweep("x", FINAL_BASE, record, {0: tmp_path / "a" / "seed0"}, tmp_path / "a", "seed${seed}")
+    atomic_write_json(tmp_path / "b" / "seed0" / "metrics.json", {"status": "completed", "final": {}})
+    with pytest.raises(SystemExit, match="an unverified result.*records no config_hash"):
+        final_sweep("x", FINAL_BASE, record, {0: tmp_path / "b" / "seed0"}, tmp_path / "b", "seed${seed}")
+
+
+def _smoke_selection(root: Path, overrides: list[str] = ()) -> Selection:
+    return Selection("smoke/npair_mc", ["experiment=smoke/npair_mc", *overrides],
+                     Grid("loss.reg_weight", (0.0, 0.02)), Settings(), root / "selection" / "smoke/npair_mc")
+
+
+def test_selection_runs_are_checked_against_the_config_they_must_hold(tmp_path: Path) -> None:
+    sel = _smoke_selection(tmp_path)
+    _composed_run(sel.run_dir(0.0, 0), sel.run_overrides(0.0))
+    _composed_run(sel.run_dir(0.02, 0), [*sel.run_overrides(0.02), "trainer.max_steps=3"])  # another config
+    states = {c.run_dir: (c.state, c.reason) for c in sel.checks()}
+    assert states[sel.run_dir(0.0, 0)] == ("completed", "")
+    assert states[sel.run_dir(0.02, 0)] == ("stale", "trainer.max_steps: 3 -> 4")
+    hand_written = {"status": "completed", "final": {"recall@1": 1.0}}
+    atomic_write_json(sel.run_dir(0.0, 0) / "metrics.json", hand_written)
+    state, reason = next((c.state, c.reason) for c in sel.checks() if c.run_dir == sel.run_dir(0.0, 0))
+    assert state == "unverified" and "records no config_hash" in reason  # a hand-written metrics.json
+
+
+def test_a_table_build_refuses_stale_selection_runs_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    spec = load_spec("smoke_select")
+    root = tmp_path / "outputs"
+    sel = _smoke_selection(root, ["logger=none"])
+    old = _composed_run(sel.run_dir(0.0, 0), [*sel.run_overrides(0.0), "trainer.max_steps=3"])
+    with pytest.raises(SystemExit) as stopped:
+        select_and_train([spec], root, ["logger=none"], jobs=1)
+    message = str(stopped.value)
+    assert message.startswith("stopped: 1 run directory would be reused for another config than the "
+                              "selection")
+    assert f"{sel.run_dir(0.0, 0)} (another config, config {old}): trainer.max_steps: 3 -> 4" in message
+    assert "training" not in capsys.readouterr().out  # refused before anything trains
+    assert not (root / "selection" / "smoke/npair_mc" / "selection.json").exists()
 
 
 def test_the_guarded_test_split_stops_a_normal_run(tmp_path: Path) -> None:
@@ -189,6 +256,14 @@ def test_selection_cli_chooses_then_trains_the_final_run(
     assert {"recall@1", "nmi", "f1"} <= set(json.loads((final / "metrics.json").read_text())["final"])
     capsys.readouterr()
     select.main(args)  # everything is done: nothing is trained again
+    assert "training" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:  # other overrides: the selection runs are not reused
+        select.main([*args, "optimizer.weight_decay=0.001"])
+    message = str(stopped.value)
+    assert message.startswith("stopped: 2 run directories would be reused for another config than the "
+                              "selection")
+    assert message.count("optimizer.weight_decay: ") == 2
+    assert str(root / "reg_weight-0.0" / "seed0") in message
     assert "training" not in capsys.readouterr().out
 
 

@@ -24,6 +24,7 @@ from npair.tables import (
     load_spec,
     missing_runs,
     plural,
+    run_dir_of,
     table_names,
     to_markdown,
     write_table,
@@ -210,3 +211,74 @@ def test_a_dry_run_without_missing_data_says_so() -> None:
         "=== dry run: 1 table (t), 1 distinct run: 1 done, 0 to train; 0 re-evaluations of trained runs",
         "no dataset missing for the runs to train"]
     assert [plural(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+
+
+# ------------------------------------------------------------------------------------ select: rows
+def _composed_run(run_dir: Path, experiment: str, overrides: list[str], seed: int = 0) -> str:
+    """A completed run directory as npair.train leaves it; returns its config hash."""
+    from npair.tables import compose_run
+
+    cfg = compose_run(experiment, seed, overrides)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_json(run_dir / "metrics.json", {"status": "completed", **identity.hashes(cfg),
+                                                 "final": {"recall@1": 0.5, "nmi": 0.5}})
+    return identity.config_hash(cfg)
+
+
+def _selection_record(root: Path, chosen: float, values: list[float], overrides: list[str]) -> None:
+    """The selection.json npair.selection writes for smoke_select's grid (the fields a build compares)."""
+    atomic_write_json(root / "selection" / "smoke/npair_mc" / "selection.json", {
+        "key": "loss.reg_weight", "values": values, "chosen": chosen, "metric": "recall@1",
+        "higher_is_better": True, "seeds": [0], "overrides": ["experiment=smoke/npair_mc", *overrides],
+        "validation": {"fraction": 0.2, "seed": 0}, "mean": {str(v): 0.5 for v in values}})
+
+
+def test_the_final_runs_of_select_rows_are_composed_with_the_chosen_value(tmp_path: Path) -> None:
+    from npair.tables import table_composer
+
+    specs, overrides = [load_spec("smoke_select")], ["logger=none"]
+    for experiment in ("smoke/npair_mc", "smoke/triplet"):
+        _composed_run(run_dir_of(tmp_path, experiment, 0), experiment, [*overrides, "loss.reg_weight=0.02"])
+
+    def states() -> dict[str, tuple[str, str]]:
+        checks = check_runs(specs, tmp_path, table_composer(specs, tmp_path, overrides))
+        return {c.experiment: (c.state, c.reason) for c in checks}
+
+    no_record = states()  # nothing chosen yet: which config the runs must hold is not known
+    assert {s for s, _ in no_record.values()} == {"unselected"}
+    assert "value not chosen yet: no " in no_record["smoke/triplet"][1]
+    _selection_record(tmp_path, 0.02, [0.0, 0.02], overrides)
+    assert states() == {"smoke/npair_mc": ("completed", ""), "smoke/triplet": ("completed", "")}
+    _selection_record(tmp_path, 0.0, [0.0, 0.02], overrides)  # another value chosen
+    assert states()["smoke/npair_mc"] == ("stale", "loss.reg_weight: 0.02 -> 0.0")
+    _selection_record(tmp_path, 0.02, [0.0, 0.002], overrides)  # the record of another grid
+    state, reason = states()["smoke/npair_mc"]
+    assert state == "unselected" and "values: [0.0, 0.002] -> [0.0, 0.02]" in reason
+    _selection_record(tmp_path, 0.02, [0.0, 0.02], ["logger=none", "trainer.max_steps=3"])  # other overrides
+    assert states()["smoke/triplet"][0] == "unselected"
+
+
+def test_a_dry_run_lists_and_counts_the_selection_runs(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from npair.tables import table_composer
+
+    specs = [load_spec("smoke_select")]
+    sel_dir = tmp_path / "selection" / "smoke/npair_mc"
+    _composed_run(sel_dir / "reg_weight-0.0" / "seed0", "smoke/npair_mc",
+                  ["dataset.validation.fraction=0.2", "dataset.validation.seed=0",
+                   "eval.needs_reference=false", "eval.metrics=[recall]", "eval.ks=[1]",
+                   "loss.reg_weight=0.0"])
+    summary = dry_run(specs, tmp_path, table_composer(specs, tmp_path, []))
+    out = capsys.readouterr().out
+    done = f"--- selection smoke/npair_mc loss.reg_weight=0.0 / seed 0 [done] -> {sel_dir}/reg_weight-0.0"
+    assert done in out
+    assert "--- selection smoke/npair_mc loss.reg_weight=0.02 / seed 0 [missing]" in out
+    assert "/ 4-pair-mc (λ selected) / seed 0 [missing] -> " in out
+    assert "with loss.reg_weight: value not chosen yet" in out
+    lines = summary.splitlines()
+    assert lines[0].endswith("2 distinct runs: 0 done, 2 to train; 0 re-evaluations of trained runs")
+    assert lines[1] == "2 selection runs (validation classes) of the select: rows: 1 done, 1 to train"
+    assert lines[2].startswith("2 of the runs are final runs of select: rows whose value is not chosen yet")
+    _selection_record(tmp_path, 0.02, [0.0, 0.02], [])
+    dry_run(specs, tmp_path, table_composer(specs, tmp_path, []))
+    assert "with loss.reg_weight=0.02 (chosen on validation classes)" in capsys.readouterr().out

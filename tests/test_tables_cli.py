@@ -203,3 +203,61 @@ def test_two_builds_of_one_table_at_once_train_each_run_once(tmp_path: Path) -> 
         steps = [int(r.split(",")[0]) for r in rows]
         assert steps and steps == sorted(set(steps))  # each logged step once, in order ...
         assert all(r.count(",") == header.count(",") for r in rows)  # ... on whole lines
+
+
+# ------------------------------------------------------------------------------------ select: rows
+def test_a_table_with_select_rows_is_rebuilt_without_training_and_refuses_other_overrides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from npair.tables import main
+
+    root = tmp_path / "outputs"
+    table = ["TABLE=smoke_select", f"paths.root_dir={tmp_path}", "logger=none", "--jobs", "2", "--outputs",
+             str(root)]
+    selection = root / "selection" / "smoke/npair_mc"
+
+    def results() -> dict[Path, float]:  # every completed run, selection runs included, and when written
+        return {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")
+                if json.loads(p.read_text()).get("status") == "completed"}
+
+    def trained(out: str) -> list[str]:
+        return re.findall(r"^training .*", out, flags=re.MULTILINE)
+
+    main(table)
+    assert len(trained(capsys.readouterr().out)) == 3  # the selection runs, then each row's final run
+    built = results()
+    assert len(built) == 4  # 2 selection runs, 2 final runs
+    tables = {p: p.read_bytes() for p in (root / "tables").glob("smoke_select*")}
+    assert len(tables) == 4  # md, csv, tex and the selection's csv
+    for extra in ([], ["--no-train"]):  # the final runs hold the chosen value: reused as they are
+        main([*table, *extra])
+        assert trained(capsys.readouterr().out) == []
+        assert results() == built
+        assert {p: p.read_bytes() for p in tables} == tables  # byte-identical
+
+    changed = [*table, "trainer.max_steps=3"]
+    with pytest.raises(SystemExit) as stopped:
+        main(changed)
+    message = str(stopped.value)
+    assert message.startswith("stopped: 2 run directories would be reused for another config than the "
+                              "selection")
+    for value in ("0.0", "0.02"):
+        assert f"{selection / f'reg_weight-{value}' / 'seed0'} (another config, config " in message
+    assert message.count("trainer.max_steps: 4 -> 3") == 2
+    with pytest.raises(SystemExit, match=r"(?s)stopped: 2 run directories.*value not chosen yet.*"
+                                         r"is the choice of another selection \(overrides: "):
+        main([*changed, "--no-train"])  # the choice on disk was made with other overrides
+    assert results() == built
+    capsys.readouterr()
+
+    main([*changed, "--rerun-stale"])
+    out = capsys.readouterr().out
+    assert out.count("moved stale run ") == 4  # the 2 selection runs, then the 2 final runs (4 steps)
+    fresh = results()
+    assert len(fresh) == 8 and set(built) <= set(fresh)  # trained again; the old runs kept, moved aside
+    for path in built:
+        assert fresh[path] != built[path] and json.loads(path.read_text())["steps_done"] == 3
+    for path in set(fresh) - set(built):
+        assert ".stale-" in path.parent.name and json.loads(path.read_text())["steps_done"] == 4
+    assert len(list(selection.glob("reg_weight-*/seed0.stale-*"))) == 2
+    assert len(list((root / "runs").glob("smoke/*/seed0.stale-*"))) == 2

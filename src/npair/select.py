@@ -17,6 +17,7 @@ from typing import Any
 
 from npair import selection
 from npair.errors import add_debug_option, run_cli
+from npair.run_checks import settle
 from npair.selection import (
     SELECTION_FILE,
     Grid,
@@ -61,6 +62,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)"
     )
+    parser.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="move run directories of another config aside (<dir>.stale-<hash>), train again",
+    )
     return parser.parse_args(argv)
 
 
@@ -85,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.jobs = 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
     selection = Selection(name, list(args.overrides), grid, settings, root / "selection" / name)
     final_dirs = {s: selection.root / "final" / f"seed{s}" for s in _seeds(args.final_seeds)}
+    # a selection run of another config (or a hand-written metrics.json) is never reused (npair.run_checks)
+    settle(selection.checks(), args.rerun_stale, "the selection")
     tasks = [Task("select", selection.sweep, finish=selection.choose)]
     if final_dirs:
         tasks.append(
@@ -97,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     final_dirs,
                     selection.root / "final",
                     "seed${seed}",
+                    args.rerun_stale,
                 ),
                 after=("select",),
                 finish=lambda: record_in_runs(selection.record, final_dirs.values()),

@@ -14,7 +14,10 @@
 
 Everything goes under ``<outputs>/selection/<name>/``: ``<key>-<value>/seed<k>/`` (selection runs),
 ``final/seed<k>/`` and ``selection.json`` (grid, every validation score, the chosen value, the held-out
-classes), also copied into every final run directory. Already completed runs are not trained again.
+classes), also copied into every final run directory. Already completed runs are not trained again, and a
+run directory is reused only for the config it must hold (npair.run_checks): selection runs are checked
+before anything trains, final runs once the value is chosen; one of another config, or with a hand-written
+metrics.json, stops the build naming it and the differing keys (``--rerun-stale`` moves it aside).
 
 The command line is :mod:`npair.select`. The table runner (:mod:`npair.tables`) does the same for table rows with a ``select:`` entry; their final
 runs are the rows' usual ``outputs/runs/<experiment>/seed<k>/`` (see :func:`select_and_train`).
@@ -33,13 +36,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
+from npair.run_checks import RunCheck, check_dir, settle
 from npair.runio import atomic_write_json, is_complete
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 SELECTION_FILE = "selection.json"
 
@@ -197,6 +204,25 @@ def run_tasks(tasks: Sequence[Task], jobs: int, log_dir: Path) -> None:
                 proc.wait()
 
 
+# ------------------------------------------------------------------------------------ composing runs
+def compose_seeds(overrides: Sequence[str], seeds: Iterable[int]) -> dict[int, DictConfig]:
+    """The config ``python -m npair.train <overrides> seed=<k>`` trains, for each seed: composed once, the
+    seed set on a copy (interpolations of ``${seed}`` resolve to it as when composed with it)."""
+    import copy
+
+    from npair.build import compose_train
+
+    seeds = list(seeds)
+    if not seeds:
+        return {}
+    cfg = compose_train([*overrides, f"seed={seeds[0]}"])
+    out = {}
+    for seed in seeds:
+        out[seed] = copy.deepcopy(cfg)
+        out[seed].seed = int(seed)
+    return out
+
+
 # ------------------------------------------------------------------------------------ reading runs
 def run_value(run_dir: Path, key: str) -> Any:
     """The value of ``key`` in a run's resolved config.yaml."""
@@ -208,6 +234,13 @@ def same_value(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
     return a == b
+
+
+def same_values(a: Any, b: Any) -> bool:
+    """:func:`same_value` element by element for lists (a grid read back from JSON)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    return same_value(a, b)
 
 
 def read_score(run_dir: Path, metric: str) -> float:
@@ -256,6 +289,39 @@ class Selection:
 
     def run_dir(self, value: Any, seed: int) -> Path:
         return self.root / self.grid.run_name(value) / f"seed{seed}"
+
+    def run_overrides(self, value: Any) -> list[str]:
+        """The training overrides of the selection runs of one grid value (the seed aside)."""
+        return [*self.base, *self.settings.overrides(), f"{self.grid.key}={value}"]
+
+    def checks(self) -> list[RunCheck]:
+        """Every selection run directory checked against the config it must hold (npair.run_checks): a run
+        of another config, or a metrics.json its config.yaml does not account for, is never reused."""
+        out = []
+        for value in self.grid.values:
+            configs = compose_seeds(self.run_overrides(value), self.settings.seeds)
+            for seed, cfg in configs.items():
+                label = f"{self.name} {self.grid.key}={value}"
+                out.append(check_dir(self.run_dir(value, seed), cfg, label, seed))
+        return out
+
+    def record_mismatch(self, record: Mapping[str, Any]) -> str | None:
+        """Why a ``selection.json`` record is not the choice of this selection (None when it is): another
+        key, grid, overrides, seeds, metric or validation split."""
+        validation = record.get("validation") or {}
+        wanted = {
+            "key": (record.get("key"), self.grid.key),
+            "values": (record.get("values"), list(self.grid.values)),
+            "overrides": (record.get("overrides"), list(self.base)),
+            "seeds": (record.get("seeds"), list(self.settings.seeds)),
+            "metric": (record.get("metric"), self.settings.metric),
+            "higher_is_better": (record.get("higher_is_better"), self.settings.higher_is_better),
+            "validation fraction": (validation.get("fraction"), self.settings.fraction),
+            "validation seed": (validation.get("seed"), self.settings.split_seed),
+        }
+        differ = [f"{name}: {have!r} -> {want!r}" for name, (have, want) in wanted.items()
+                  if not same_values(have, want)]
+        return "; ".join(differ) or None
 
     def missing(self) -> list[Any]:
         return [
@@ -333,27 +399,26 @@ def final_sweep(
     run_dirs: Mapping[int, Path],
     sweep_dir: Path,
     subdir: str,
+    rerun_stale: bool = False,
 ) -> Sweep | None:
     """Final runs (all training classes, test split) with the chosen value, for the seeds not yet complete.
 
-    A completed final run trained with another value stops the table with a message naming both.
+    Each final run directory is checked against the config ``base`` + ``<key>=<chosen>`` composes
+    (npair.run_checks): one of another config (another chosen value, other overrides) or with an
+    unverified metrics.json stops the build naming it and the differing keys, or with ``rerun_stale`` is
+    moved aside and trained again.
     """
     key, chosen = record["key"], record["chosen"]
-    missing = []
-    for seed, run_dir in run_dirs.items():
-        if is_complete(run_dir):
-            if not same_value(have := run_value(run_dir, key), chosen):
-                raise SystemExit(
-                    f"{run_dir} was trained with {key}={have} but the validation selection chose "
-                    f"{key}={chosen}; delete that run directory to train it again"
-                )
-        else:
-            missing.append(seed)
+    overrides = [*base, f"{key}={chosen}"]
+    configs = compose_seeds(overrides, run_dirs)
+    checks = [check_dir(run_dirs[seed], cfg, label, seed) for seed, cfg in configs.items()]
+    settle(checks, rerun_stale, f"the final runs of {label} ({key}={chosen}, chosen on validation classes)")
+    missing = [c.seed for c in checks if c.state != "completed"]
     if not missing:
         return None
     return Sweep(
         label=f"{label}: final runs with {key}={chosen}, seeds {missing}",
-        overrides=[*base, f"{key}={chosen}", f"seed={','.join(map(str, missing))}"],
+        overrides=[*overrides, f"seed={','.join(map(str, missing))}"],
         sweep_dir=sweep_dir,
         subdir=subdir,
     )
@@ -393,15 +458,11 @@ def check_table(spec: Any) -> None:
         )
 
 
-def select_and_train(specs: Sequence[Any], root: Path, overrides: Sequence[str], jobs: int) -> dict[str, Any]:
-    """For the rows with ``select:``: selection runs, choice, then the rows' final runs with the chosen value.
-
-    Selection runs: ``<root>/selection/<experiment>/<key>-<value>/seed<k>/`` (settings from the table's
-    ``selection:`` block, :class:`Settings`); the choice: ``<root>/selection/<experiment>/selection.json``;
-    final runs: the rows' ``<root>/runs/<experiment>/seed<k>/`` (the table's seeds), each with a copy of
-    ``selection.json``. ``same_as: <experiment>`` reuses that experiment's choice (it must be selected by
-    a row of one of ``specs``). Returns the records by experiment. Tables without ``select:`` rows: nothing.
-    """
+def plan(
+    specs: Sequence[Any], root: Path, overrides: Sequence[str]
+) -> tuple[dict[str, Selection], dict[str, tuple[str, set[int]]]]:
+    """The selections the tables' ``select:`` rows make (by experiment) and their final runs: experiment ->
+    (the experiment whose choice it uses, the seeds of its final runs)."""
     grids: dict[str, Selection] = {}
     finals: dict[str, tuple[str, set[int]]] = {}  # experiment -> (experiment whose choice it uses, seeds)
     for spec in specs:
@@ -426,8 +487,70 @@ def select_and_train(specs: Sequence[Any], root: Path, overrides: Sequence[str],
             if used != source:
                 raise ValueError(f"experiment {row.experiment} takes its value from both {used} and {source}")
             seeds.update(spec.seeds)
+    plain = {row.experiment for spec in specs for row in spec.rows if not getattr(row, "select", None)}
+    if both := sorted(plain & set(finals)):
+        raise ValueError(f"experiment(s) {both} are rows with select: in one table and without in another: "
+                         "their runs would be one directory for two configs")
+    return grids, finals
+
+
+def chosen_values(
+    specs: Sequence[Any], root: Path, overrides: Sequence[str]
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """What the tables' selected rows were chosen, from the ``selection.json`` records on disk: experiment ->
+    the override of its chosen value (``[key=value]``), and experiment -> why its value is not chosen yet (no
+    record, or a record of another grid, other overrides or settings: that choice is not this table's)."""
+    grids, finals = plan(specs, root, overrides)
+    chosen: dict[str, list[str]] = {}
+    not_chosen: dict[str, str] = {}
+    for experiment, (source, _seeds) in finals.items():
+        path = root / "selection" / source / SELECTION_FILE
+        if not path.exists():
+            not_chosen[experiment] = f"no {path} yet"
+            continue
+        record = json.loads(path.read_text())
+        if source in grids:
+            problem = grids[source].record_mismatch(record)
+        else:
+            base = [f"experiment={source}", *overrides]
+            have = record.get("overrides")
+            problem = None if have == base else f"overrides: {have!r} -> {base!r}"
+        if problem:
+            not_chosen[experiment] = f"{path} is the choice of another selection ({problem})"
+        else:
+            chosen[experiment] = [f"{record['key']}={record['chosen']}"]
+    return chosen, not_chosen
+
+
+def selection_checks(specs: Sequence[Any], root: Path, overrides: Sequence[str]) -> list[RunCheck]:
+    """Every selection run of the tables' ``select:`` rows, checked (:meth:`Selection.checks`)."""
+    grids, _finals = plan(specs, root, overrides)
+    return [check for selection in grids.values() for check in selection.checks()]
+
+
+def select_and_train(
+    specs: Sequence[Any], root: Path, overrides: Sequence[str], jobs: int, rerun_stale: bool = False
+) -> dict[str, Any]:
+    """For the rows with ``select:``: selection runs, choice, then the rows' final runs with the chosen value.
+
+    Selection runs: ``<root>/selection/<experiment>/<key>-<value>/seed<k>/`` (settings from the table's
+    ``selection:`` block, :class:`Settings`); the choice: ``<root>/selection/<experiment>/selection.json``;
+    final runs: the rows' ``<root>/runs/<experiment>/seed<k>/`` (the table's seeds), each with a copy of
+    ``selection.json``. ``same_as: <experiment>`` reuses that experiment's choice (it must be selected by
+    a row of one of ``specs``). Returns the records by experiment. Tables without ``select:`` rows: nothing.
+
+    Every selection run is checked before anything trains, every final run once its value is chosen
+    (npair.run_checks): a run of another config, or an unverified one, stops the build naming it, or with
+    ``rerun_stale`` is moved aside and trained again.
+    """
+    grids, finals = plan(specs, root, overrides)
     if not finals:
         return {}
+    settle(
+        [check for selection in grids.values() for check in selection.checks()],
+        rerun_stale,
+        "the selection",
+    )
     on_disk: dict[str, dict[str, Any]] = {}  # same_as an experiment selected by an earlier table run
     for experiment, (source, _seeds) in finals.items():
         path = root / "selection" / source / SELECTION_FILE
@@ -439,6 +562,13 @@ def select_and_train(specs: Sequence[Any], root: Path, overrides: Sequence[str],
                     "that selects it first (or both together, e.g. TABLE=claim_check)"
                 )
             on_disk[source] = json.loads(path.read_text())
+            base = [f"experiment={source}", *overrides]
+            if on_disk[source].get("overrides") != base:
+                raise ValueError(
+                    f"experiment {experiment}: select.same_as {source}, whose choice {path} was made with "
+                    f"the overrides {on_disk[source].get('overrides')}, not {base}; build the table that "
+                    "selects it with these overrides first (or both together, e.g. TABLE=claim_check)"
+                )
 
     def record_of(source: str) -> dict[str, Any]:
         return grids[source].record if source in grids else on_disk[source]
@@ -454,6 +584,7 @@ def select_and_train(specs: Sequence[Any], root: Path, overrides: Sequence[str],
                 run_dirs,
                 root / "runs",
                 "${name}/seed${seed}",
+                rerun_stale,
             )
 
         def finish() -> None:

@@ -45,7 +45,8 @@ from npair import identity, locks
 from npair.configuration import CONFIG_DIR
 from npair.errors import DEBUG_ENV, add_debug_option, run_cli
 from npair.evaluation.keys import read_metric, spread_key, spread_of, within_run_spread
-from npair.runio import METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete, read_metrics
+from npair.run_checks import BLOCKING, RunCheck, check_dir, settle, stale_message
+from npair.runio import CONFIG_FILE, METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete, read_metrics
 from npair.stats import mean_se
 from npair.table_notes import seeds_note, spread_notes
 
@@ -189,62 +190,66 @@ def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictCo
     return cfg
 
 
-Composer = Callable[[str, int], DictConfig]
+class NotChosen(LookupError):
+    """The config of a ``select:`` row's run is not known yet: its value is not chosen (the reason says
+    why)."""
 
 
-def composer(overrides: list[str]) -> Composer:
-    """``compose(experiment, seed)``: :func:`compose_run` with ``overrides``, composed once per experiment
-    (the seed is set on a copy: interpolations of ``${seed}`` resolve to it as when composed with it)."""
-    cache: dict[str, DictConfig] = {}
+class Composer:
+    """``compose(experiment, seed)``: :func:`compose_run` with the build's overrides, plus, for a row with
+    ``select:``, its chosen value (``chosen``: experiment -> ``[key=value]``, from the selection record on
+    disk); composed once per experiment (the seed is set on a copy: interpolations of ``${seed}`` resolve to
+    it as when composed with it). An experiment of ``not_chosen`` raises :class:`NotChosen` with its reason.
+    """
 
-    def compose(experiment: str, seed: int) -> DictConfig:
-        if experiment not in cache:
-            cache[experiment] = compose_run(experiment, seed, overrides)
-        cfg = copy.deepcopy(cache[experiment])
+    def __init__(self, overrides: list[str], chosen: dict[str, list[str]] | None = None,
+                 not_chosen: dict[str, str] | None = None) -> None:
+        self.overrides = list(overrides)
+        self.chosen = dict(chosen or {})
+        self.not_chosen = dict(not_chosen or {})
+        self._cache: dict[str, DictConfig] = {}
+
+    def overrides_of(self, experiment: str) -> list[str]:
+        """The overrides a run of ``experiment`` is trained with (the chosen value last)."""
+        if experiment in self.not_chosen:
+            raise NotChosen(f"value not chosen yet: {self.not_chosen[experiment]}")
+        return [*self.overrides, *self.chosen.get(experiment, [])]
+
+    def __call__(self, experiment: str, seed: int) -> DictConfig:
+        if experiment not in self._cache:
+            self._cache[experiment] = compose_run(experiment, seed, self.overrides_of(experiment))
+        cfg = copy.deepcopy(self._cache[experiment])
         cfg.seed = int(seed)
         return cfg
 
-    return compose
+
+def composer(overrides: list[str], chosen: dict[str, list[str]] | None = None,
+             not_chosen: dict[str, str] | None = None) -> Composer:
+    """A :class:`Composer` of ``overrides`` (and the chosen values of selected rows)."""
+    return Composer(overrides, chosen, not_chosen)
+
+
+def table_composer(specs: list[TableSpec], root: Path, overrides: list[str]) -> Composer:
+    """The :class:`Composer` of these tables now: their ``select:`` rows with the values chosen so far
+    (npair.selection.chosen_values: a record of another grid, overrides or settings counts as not chosen)."""
+    from npair.selection import chosen_values
+
+    return composer(overrides, *chosen_values(specs, root, overrides))
 
 
 # ------------------------------------------------------------------------------------ which runs
-@dataclass(frozen=True)
-class RunCheck:
-    """What a table finds in one run directory, for the config it composes now.
-
-    ``state``: ``completed`` (usable), ``missing`` (to train or resume), ``stale`` (it holds another config:
-    ``reason`` names the differing keys) or ``unverified`` (metrics.json says completed but does not belong
-    to its config.yaml: ``reason`` says why).
-    """
-
-    experiment: str
-    seed: int
-    run_dir: Path
-    state: str
-    reason: str = ""
-    stored_hash: str | None = None  # the hash of the config the directory holds, if any
-
-    @property
-    def usable(self) -> bool:
-        return self.state == "completed"
-
-
 def check_run(experiment: str, seed: int, root: Path, compose: Composer) -> RunCheck:
-    """:class:`RunCheck` of one run directory against ``compose(experiment, seed)``."""
+    """:class:`RunCheck` of one run directory against ``compose(experiment, seed)``. A ``select:`` row whose
+    value is not chosen yet: ``missing`` if the directory holds nothing, else ``unselected`` (which config it
+    must hold is not known, so it is not reused)."""
     run_dir = run_dir_of(root, experiment, seed)
-    record = read_metrics(run_dir)
-    stored = identity.stored_config(run_dir)
-    stored_hash = identity.config_hash(stored) if stored is not None else (record or {}).get("config_hash")
-    if stored is not None:
-        diffs = identity.differences(stored, compose(experiment, seed))
-        if diffs:
-            return RunCheck(experiment, seed, run_dir, "stale", identity.listing(diffs), stored_hash)
-    if record and record.get("status") == "completed":
-        problem = identity.record_problem(run_dir, record)
-        if problem:
-            return RunCheck(experiment, seed, run_dir, "unverified", problem, stored_hash)
-        return RunCheck(experiment, seed, run_dir, "completed", stored_hash=stored_hash)
-    return RunCheck(experiment, seed, run_dir, "missing", stored_hash=stored_hash)
+    try:
+        expected = compose(experiment, seed)
+    except NotChosen as err:
+        held = (run_dir / CONFIG_FILE).exists() or (run_dir / METRICS_FILE).exists()
+        stored_hash = identity.config_hash(stored) if (stored := identity.stored_config(run_dir)) else None
+        return RunCheck(experiment, seed, run_dir, "unselected" if held else "missing", str(err), stored_hash)
+    return check_dir(run_dir, expected, experiment, seed)
 
 
 def check_runs(specs: list[TableSpec], root: Path, compose: Composer) -> list[RunCheck]:
@@ -256,34 +261,6 @@ def check_runs(specs: list[TableSpec], root: Path, compose: Composer) -> list[Ru
                 if (row.experiment, seed) not in seen:
                     seen[row.experiment, seed] = check_run(row.experiment, seed, root, compose)
     return list(seen.values())
-
-
-def stale_message(bad: list[RunCheck]) -> str:
-    many = "y" if len(bad) == 1 else "ies"
-    lines = [f"stopped: {len(bad)} run director{many} would be reused for another config than the table "
-             + "composes now:"]
-    for check in bad:
-        what = "another config" if check.state == "stale" else "an unverified result"
-        lines.append(f"  {check.run_dir} ({what}, config {check.stored_hash or 'unknown'}): {check.reason}")
-    lines.append("Rebuild with the overrides those runs were trained with, or add --rerun-stale to move each "
-                 "aside (to <dir>.stale-<hash>; nothing is deleted) and train it again.")
-    return "\n".join(lines)
-
-
-def move_aside(check: RunCheck) -> Path:
-    """Rename a stale run directory to ``<name>.stale-<hash>`` (``-2``, ``-3`` ... if taken), holding its lock
-    (a process training in it is waited for). Returns the new path."""
-    run_dir = check.run_dir
-    with locks.locked(locks.run_lock(run_dir), on_wait=lambda who: print(
-            f"{run_dir} is in use by {who}: waiting before moving it aside", flush=True)):
-        base = run_dir.with_name(f"{run_dir.name}.stale-{check.stored_hash or 'unknown'}")
-        target, n = base, 1
-        while target.exists():
-            n += 1
-            target = base.with_name(f"{base.name}-{n}")
-        os.rename(run_dir, target)
-    print(f"moved {check.state} run {run_dir} aside to {target}", flush=True)
-    return target
 
 
 @contextlib.contextmanager
@@ -330,11 +307,7 @@ def train_missing(specs: list[TableSpec], root: Path, overrides: list[str], jobs
     ``rerun_stale``, are moved aside and trained again."""
     for attempt in range(2):
         checks = check_runs(specs, root, compose)
-        bad = [c for c in checks if c.state in ("stale", "unverified")]
-        if bad and not rerun_stale:
-            raise SystemExit(stale_message(bad))
-        for check in bad:
-            move_aside(check)
+        bad = settle(checks, rerun_stale)
         missing = missing_runs(check_runs(specs, root, compose) if bad else checks)
         busy = busy_runs(missing, root) if attempt == 0 else {}
         for (experiment, seed), who in busy.items():
@@ -365,7 +338,8 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
            compose: Composer | None = None) -> int:
     """Train the missing runs with Hydra multiruns (the joblib launcher, ``jobs`` at a time).
 
-    Experiments missing the same seeds form one sweep ``experiment=<a>,<b>,... seed=<seeds>``; each job writes
+    Experiments missing the same seeds (and trained with the same overrides: a selected row's chosen value)
+    form one sweep ``experiment=<a>,<b>,... seed=<seeds>``; each job writes
     ``<root>/runs/<experiment>/seed<k>/``. Every run's settings are checked (npair.guards) and its data
     looked for before anything starts. Returns the number of runs launched.
     """
@@ -386,16 +360,16 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
         raise SystemExit("stopped before training: settings out of range.\n" + "\n".join(invalid))
     if problems:
         raise SystemExit("stopped before training: data is missing.\n" + "\n".join(sorted(problems)))
-    groups: dict[tuple[int, ...], list[str]] = {}
+    groups: dict[tuple[tuple[int, ...], tuple[str, ...]], list[str]] = {}  # (seeds, overrides) -> experiments
     for experiment, seeds in missing.items():
-        groups.setdefault(tuple(sorted(seeds)), []).append(experiment)
+        groups.setdefault((tuple(sorted(seeds)), tuple(compose.overrides_of(experiment))), []).append(experiment)
     launched = 0
-    for seeds, experiments in groups.items():
+    for (seeds, run_overrides), experiments in groups.items():
         n = len(seeds) * len(experiments)
         launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 and n > 1 else []
         cmd = [sys.executable, "-m", "npair.train", "-m", *launcher, f"experiment={','.join(experiments)}",
                f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={root / 'runs'}",
-               "hydra.sweep.subdir=${name}/seed${seed}", *overrides]
+               "hydra.sweep.subdir=${name}/seed${seed}", *run_overrides]
         print(f"training {plural(n, 'run')}: {', '.join(experiments)} × seeds {list(seeds)}", flush=True)
         result = subprocess.run(cmd, check=False)
         if result.returncode != 0:
@@ -425,48 +399,78 @@ def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> Non
         "similarity": getattr(evaluator, "similarity", None), "final": metrics})
 
 
-def evaluate_missing(specs: list[TableSpec], root: Path, overrides: list[str]) -> None:
+def evaluate_missing(specs: list[TableSpec], root: Path, compose: Composer) -> None:
     todo = [(spec, row, seed) for spec in specs for row in spec.rows if row.evaluate_with for seed in spec.seeds
             if is_complete(spec.run_dir(root, row, seed)) and not spec.result_path(root, row, seed).exists()]
     for spec, row, seed in tqdm(todo, desc="evaluating again", unit="run", disable=not todo):
-        evaluate_again(root, row, seed, overrides)
+        evaluate_again(root, row, seed, compose.overrides_of(row.experiment))
 
 
 def dry_run(specs: list[TableSpec], root: Path, compose: Composer) -> str:
-    """Print every run, its state (:class:`RunCheck`: done, missing, stale, unverified) and resolved config;
-    return (and print) the summary."""
-    runs: dict[tuple[str, int], str] = {}  # (experiment, seed) -> done, missing, stale, unverified; counted once
+    """Print every run, its state (:class:`RunCheck`: done, missing, stale, unverified, unselected) and
+    resolved config, the selection runs of ``select:`` rows first (npair.selection); return (and print) the
+    summary."""
+    from npair.selection import selection_checks
+
+    selection: dict[Path, str] = {}  # selection run directory -> done, missing, stale, unverified
+    for check in selection_checks(specs, root, compose.overrides):
+        state = selection[check.run_dir] = "done" if check.usable else check.state
+        print(f"--- selection {check.experiment} / seed {check.seed} [{state}] -> {check.run_dir}")
+        if check.reason:
+            print(f"    {check.reason}")
+    runs: dict[tuple[str, int], str] = {}  # (experiment, seed) -> done, missing, stale, ...; counted once
+    not_chosen: set[tuple[str, int]] = set()  # runs of select: rows whose value is not chosen yet
     reevaluations: set[tuple[str, int, str]] = set()  # (experiment, seed, evaluation), counted once
     data_missing: set[str] = set()
     for spec in specs:
         for row in spec.rows:
             for seed in spec.seeds:
-                cfg = compose(row.experiment, seed)
                 check = check_run(row.experiment, seed, root, compose)
                 state = runs[(row.experiment, seed)] = "done" if check.usable else check.state
+                try:
+                    cfg, chosen = compose(row.experiment, seed), compose.chosen.get(row.experiment)
+                except NotChosen:  # the row's config less the value its selection will choose
+                    cfg, chosen = compose_run(row.experiment, seed, compose.overrides), None
+                    not_chosen.add((row.experiment, seed))
                 if row.evaluate_with:
                     reevaluations.add((row.experiment, seed, row.eval_slug))
                 if state != "done" and (problem := check_data(cfg)):
                     data_missing.add(problem)
                 extra = f" then evaluated with {row.evaluate_with}" if row.evaluate_with else ""
+                if row.select:
+                    extra += (f" with {', '.join(chosen)} (chosen on validation classes)" if chosen
+                              else f" with {dict(row.select).get('key', 'its selected key')}: value not "
+                              "chosen yet")
                 print(f"--- {spec.name} / {row.label} / seed {seed} [{state}] -> {check.run_dir}{extra}")
                 if check.reason:
                     print(f"    {check.reason}")
                 print(OmegaConf.to_yaml(cfg, resolve=True))
-    summary = dry_run_summary(specs, runs, len(reevaluations), sorted(data_missing))
+    summary = dry_run_summary(specs, runs, len(reevaluations), sorted(data_missing), selection,
+                              len(not_chosen))
     print(summary)
     return summary
 
 
 def dry_run_summary(specs: list[TableSpec], runs: dict[tuple[str, int], str], reevaluations: int,
-                    data_missing: list[str]) -> str:
+                    data_missing: list[str], selection: dict[Path, str] | None = None,
+                    not_chosen: int = 0) -> str:
     """The last lines of a dry run: tables, distinct runs (done / to train, and how many of those hold another
-    config or an unverified result), re-evaluations, missing data."""
+    config or an unverified result, or wait for a value not chosen yet), the selection runs of ``select:``
+    rows (done / to train), re-evaluations, missing data."""
     states = list(runs.values())
-    done, blocked = states.count("done"), states.count("stale") + states.count("unverified")
+    done = states.count("done")
+    blocked = sum(states.count(state) for state in ("stale", "unverified"))
     lines = [f"=== dry run: {plural(len(specs), 'table')} ({', '.join(s.name for s in specs)}), "
              f"{plural(len(runs), 'distinct run')}: {done} done, {len(runs) - done} to train; "
              f"{plural(reevaluations, 're-evaluation')} of trained runs"]
+    if selection:
+        picked = list(selection.values())
+        blocked += sum(picked.count(state) for state in ("stale", "unverified"))
+        lines.append(f"{plural(len(picked), 'selection run')} (validation classes) of the select: rows: "
+                     f"{picked.count('done')} done, {len(picked) - picked.count('done')} to train")
+    if not_chosen:
+        lines.append(f"{not_chosen} of the runs are final runs of select: rows whose value is not chosen "
+                     "yet: the build chooses it first (a completed one is reused only if it holds that value)")
     if blocked:
         lines.append(f"{blocked} of the runs to train hold another config or an unverified result: the build "
                      "stops on them unless --rerun-stale moves them aside")
@@ -523,7 +527,10 @@ def wandb_lookup(project: str, entity: str | None = None, compose: Composer | No
             return None
         expected = None
         if compose is not None:
-            cfg = compose(row.experiment, seed)
+            try:
+                cfg = compose(row.experiment, seed)
+            except NotChosen:
+                return None  # which config the row's runs hold is not known yet
             expected = {identity.config_hash(cfg), identity.legacy_config_hash(cfg)}
         return select_record(records, name=row.experiment, seed=seed, config_hash=expected)
 
@@ -740,7 +747,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.seeds:
         for spec in specs:
             spec.seeds = [int(seed) for seed in args.seeds.split(",")]
-    compose = composer(args.overrides)
+    compose = table_composer(specs, root, args.overrides)  # select: rows with the values chosen so far
     if args.dry_run:
         dry_run(specs, root, compose)
         return
@@ -756,15 +763,17 @@ def main(argv: list[str] | None = None) -> None:
         args.jobs = 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
     with table_locks(specs, root):
         if args.no_train:
-            bad = [c for c in check_runs(specs, root, compose) if c.state in ("stale", "unverified")]
+            bad = [c for c in check_runs(specs, root, compose) if c.state in BLOCKING]
             if bad:
                 raise SystemExit(stale_message(bad))
         else:
             from npair.selection import select_and_train
 
-            select_and_train(specs, root, args.overrides, args.jobs)  # rows with select: choose, then train
+            # rows with select: choose, then train their final runs with the chosen value
+            select_and_train(specs, root, args.overrides, args.jobs, args.rerun_stale)
+            compose = table_composer(specs, root, args.overrides)  # the values just chosen
             train_missing(specs, root, args.overrides, args.jobs, compose, args.rerun_stale)
-            evaluate_missing(specs, root, args.overrides)
+            evaluate_missing(specs, root, compose)
         for spec in specs:
             paths = write_table(spec, root)
             print(paths["md"].read_text())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 import tarfile
 import threading
 import zipfile
@@ -258,6 +260,28 @@ def test_fetch_installs_verified_tree_and_is_idempotent(tmp_path, server, toy_so
     assert len(server.requests) == n  # verified: not fetched again
     dl.fetch("toy", root, progress=False, force=True, keep_archives=True)
     assert len(server.requests) == n + 2 and (root / ".downloads" / "toy" / "toy.tgz").is_file()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("subdir", ["", "Toy"])
+def test_an_installed_tree_respects_the_umask(tmp_path, server, monkeypatch, umask, subdir):
+    """Every folder and file of data/<name>, the folder itself included, as a plain mkdir / open leaves it
+    (no 0700 staging folder installed as the dataset), whether or not the variant names a subdir."""
+    archive = _tgz({"Toy/list.txt": b"a.png 0 train\n", "Toy/images/a.png": b"png"})
+    spec = _spec("toy.tgz", archive, urls=(server.add("/toy.tgz", archive),))
+    source = DatasetSource("toy", "Toy", "auto", ("list.txt", "images") if subdir else ("Toy/list.txt",),
+                           (Variant("local", (spec,), subdir=subdir),))
+    monkeypatch.setitem(SOURCES, "toy", source)
+    previous = os.umask(umask)
+    try:
+        target = dl.fetch("toy", tmp_path / "data", progress=False)
+    finally:
+        os.umask(previous)
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [target, *target.rglob("*")]}
+    assert len(modes) >= 5
+    for path, mode in modes.items():
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert mode == expected, f"{path}: {oct(mode)}, expected {oct(expected)} at umask {oct(umask)}"
 
 
 def test_reinstall_that_fails_at_the_last_rename_keeps_the_installed_tree(

@@ -55,6 +55,7 @@ from npair.data.archives import (
 )
 from npair.data.sources import SOURCES, DatasetSource, RemoteFile, Variant
 from npair.errors import UserError, add_debug_option, run_cli
+from npair.runio import current_umask
 
 __all__ = [
     "ChecksumError",
@@ -318,6 +319,9 @@ def _install_variant(
 
     target = root / source.target
     staging = Path(tempfile.mkdtemp(prefix=f".{source.target}.tmp-", dir=root))
+    # mkdtemp makes it 0700; it becomes the installed folder when the variant has no subdir: give it the
+    # permissions a plain mkdir would (the umask's), like every folder and file extracted into it
+    os.chmod(staging, 0o777 & ~current_umask())
     try:
         for spec, path, digests in fetched:
             _require_pinned_match(spec, digests)
