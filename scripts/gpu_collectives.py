@@ -39,10 +39,12 @@ def collectives(device: torch.device, world: int) -> dict[str, bool]:
     gathered: list = [None] * world
     dist.all_gather_object(gathered, {"rank": rank})
     dist.barrier()
-    return {"all_reduce": bool(torch.all(value == world * (world + 1) / 2)),
-            "all_gather": all(bool(torch.all(p == r)) for r, p in enumerate(parts)),
-            "broadcast_object_list": box[0] == {"from": 0},
-            "all_gather_object": gathered == [{"rank": r} for r in range(world)]}
+    return {
+        "all_reduce": bool(torch.all(value == world * (world + 1) / 2)),
+        "all_gather": all(bool(torch.all(p == r)) for r, p in enumerate(parts)),
+        "broadcast_object_list": box[0] == {"from": 0},
+        "all_gather_object": gathered == [{"rank": r} for r in range(world)],
+    }
 
 
 def ddp_steps(device: torch.device, steps: int = 3) -> dict[str, object]:
@@ -52,7 +54,9 @@ def ddp_steps(device: torch.device, steps: int = 3) -> dict[str, object]:
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(SmallConvNet(3, (8, 16, 16, 32)), torch.nn.Linear(32, 16)).to(device)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
     loss_fn = NPairMCLoss(gather_across_ranks=True)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
@@ -66,12 +70,13 @@ def ddp_steps(device: torch.device, steps: int = 3) -> dict[str, object]:
         optimizer.step()
         losses.append(loss.item())
     moved = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    return {"losses": losses, "finite": all(math.isfinite(v) for v in losses),
-            "parameters_updated": moved}
+    return {"losses": losses, "finite": all(math.isfinite(v) for v in losses), "parameters_updated": moved}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", choices=("cuda", "cpu"), required=True)
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args()
@@ -83,18 +88,30 @@ def main() -> int:
     else:
         device, backend = torch.device("cpu"), "gloo"
     started = time.perf_counter()
-    dist.init_process_group(backend, timeout=timedelta(minutes=2),
-                            **({"device_id": device} if backend == "nccl" else {}))
+    dist.init_process_group(
+        backend, timeout=timedelta(minutes=2), **({"device_id": device} if backend == "nccl" else {})
+    )
     try:
-        report = {"backend": dist.get_backend(), "world_size": dist.get_world_size(), "device": str(device),
-                  "collectives": collectives(device, world), "ddp": ddp_steps(device)}
+        report = {
+            "backend": dist.get_backend(),
+            "world_size": dist.get_world_size(),
+            "device": str(device),
+            "collectives": collectives(device, world),
+            "ddp": ddp_steps(device),
+        }
         if backend == "nccl":
             version = torch.cuda.nccl.version()
-            report["nccl_version"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+            report["nccl_version"] = (
+                ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+            )
         report["seconds"] = round(time.perf_counter() - started, 2)
     finally:
         dist.destroy_process_group()
-    ok = all(report["collectives"].values()) and report["ddp"]["finite"] and report["ddp"]["parameters_updated"]
+    ok = (
+        all(report["collectives"].values())
+        and report["ddp"]["finite"]
+        and report["ddp"]["parameters_updated"]
+    )
     report["ok"] = ok
     if int(os.environ.get("RANK", "0")) == 0:
         args.result.write_text(json.dumps(report, indent=2) + "\n")

@@ -32,13 +32,24 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_BYTES = 64 * 2**20  # the largest copy of the checkout the GPU machine is given
 # The versions this checkout is tested with (the development environment's), each a wheel on PyPI except antlr4.
-PACKAGES = ["hydra-core==1.3.8", "omegaconf==2.3.1", "PyYAML==6.0.4", "packaging==26.4",
-            "pytorch-metric-learning==2.9.0", "tqdm==4.70.1"]
+PACKAGES = [
+    "hydra-core==1.3.8",
+    "omegaconf==2.3.1",
+    "PyYAML==6.0.4",
+    "packaging==26.4",
+    "pytorch-metric-learning==2.9.0",
+    "tqdm==4.70.1",
+]
 BUILT_LOCALLY = ["antlr4-python3-runtime==4.9.3"]  # omegaconf 2.3 needs 4.9.*; PyPI has only its sdist
 FAISS = {"cpu": ["faiss-cpu==1.15.1"], "none": []}
 WANDB = "wandb==0.31.0"  # with --wandb, downloaded with its dependencies (the check itself runs logger=none)
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64"]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+]
 WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
 
 
@@ -90,11 +101,30 @@ def install(folder: Path, target: Path, timeout_s: float | None = None) -> dict[
             present[name] = {"wheel": version, "installed": have}
         else:
             chosen.append(wheel)
-    report: dict[str, Any] = {"folder": str(folder), "target": str(target), "wheels": len(wheels),
-                              "installed": [w.name for w in chosen], "already_present": present, "pip_exit_code": 0}
+    report: dict[str, Any] = {
+        "folder": str(folder),
+        "target": str(target),
+        "wheels": len(wheels),
+        "installed": [w.name for w in chosen],
+        "already_present": present,
+        "pip_exit_code": 0,
+    }
     if chosen:
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-               "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, chosen)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--target",
+            str(target),
+            *map(str, chosen),
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -108,8 +138,12 @@ def install(folder: Path, target: Path, timeout_s: float | None = None) -> dict[
 def travelling_files(repo: Path) -> list[Path]:
     """What a copy of the checkout holds: git's tracked and untracked-not-ignored files (else every file)."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
-                             capture_output=True, check=True).stdout.decode()
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=repo,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
         return [repo / p for p in out.split("\0") if p and (repo / p).is_file()]
     except (OSError, subprocess.CalledProcessError):
         return [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
@@ -124,39 +158,66 @@ def budget(repo: Path, wheels: Path) -> dict[str, Any]:
     rows = [{"wheel": w.name, "bytes": w.stat().st_size} for w in found]
     extra = sum(w.stat().st_size for w in found if w.resolve() not in files)
     total = checkout + extra
-    return {"checkout_bytes": checkout, "wheel_bytes": sum(r["bytes"] for r in rows), "total_bytes": total,
-            "budget_bytes": BUDGET_BYTES, "fits": total <= BUDGET_BYTES, "wheels": rows}
+    return {
+        "checkout_bytes": checkout,
+        "wheel_bytes": sum(r["bytes"] for r in rows),
+        "total_bytes": total,
+        "budget_bytes": BUDGET_BYTES,
+        "fits": total <= BUDGET_BYTES,
+        "wheels": rows,
+    }
 
 
 def print_budget(report: dict[str, Any]) -> None:
     mib = 2**20
     for row in report["wheels"]:
         print(f"{row['bytes'] / mib:9.2f} MiB  {row['wheel']}")
-    print(f"{report['wheel_bytes'] / mib:9.2f} MiB  wheels\n{report['checkout_bytes'] / mib:9.2f} MiB  checkout files\n"
-          f"{report['total_bytes'] / mib:9.2f} MiB  in all, budget {report['budget_bytes'] / mib:.0f} MiB: "
-          f"{'fits' if report['fits'] else 'DOES NOT FIT'}")
+    print(
+        f"{report['wheel_bytes'] / mib:9.2f} MiB  wheels\n{report['checkout_bytes'] / mib:9.2f} MiB  checkout files\n"
+        f"{report['total_bytes'] / mib:9.2f} MiB  in all, budget {report['budget_bytes'] / mib:.0f} MiB: "
+        f"{'fits' if report['fits'] else 'DOES NOT FIT'}"
+    )
 
 
 # ------------------------------------------------------------------------------------------ prepare
 def pip_download(specs: list[str], dest: Path, python_version: str, deps: bool) -> None:
     platform_args = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--python-version", python_version,
-           "--implementation", "cp", *platform_args, "-d", str(dest), *([] if deps else ["--no-deps"]), *specs]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        *platform_args,
+        "-d",
+        str(dest),
+        *([] if deps else ["--no-deps"]),
+        *specs,
+    ]
     subprocess.run(cmd, check=True)
 
 
 def prepare(dest: Path, faiss: str, wandb: bool, python_version: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     pip_download([*PACKAGES, *FAISS[faiss]], dest, python_version, deps=False)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), *BUILT_LOCALLY],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), *BUILT_LOCALLY],
+        check=True,
+    )
     if wandb:
         pip_download([WANDB], dest, python_version, deps=True)
     find_wheels(dest)  # one version of each package
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="download the wheels, then report the size budget")
     p.add_argument("--dest", type=Path, default=REPO / ".whl")

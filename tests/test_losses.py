@@ -266,7 +266,9 @@ def test_contrastive_matches_reference(normalize):
 def test_triplet_nm_matches_reference(mining, normalize):
     emb, labels = class_block_batch(n=4, m=3, d=3, seed=5)
     loss = TripletNMLoss(margin=0.5, mining=mining, normalize_embeddings=normalize)
-    assert_matches(lambda e: loss(e, labels), lambda e: ref_triplet_nm(e, labels, 0.5, mining, normalize), emb)
+    assert_matches(
+        lambda e: loss(e, labels), lambda e: ref_triplet_nm(e, labels, 0.5, mining, normalize), emb
+    )
 
 
 def test_triplet_nm_semihard_fallback_uses_farthest_negative():
@@ -542,8 +544,9 @@ def test_normalised_all_anchors_equals_pytorch_metric_learning_ntxent(m, tau):
 
     emb, labels = class_block_batch(n=6, m=m, d=8, seed=90 + m, scale=2.0)
     ours_loss = NPairMCLoss(reg_weight=0.0, anchors="all", normalize_embeddings=True, temperature=tau)
-    ours, theirs, g1, g2 = _value_and_grad_pair(lambda e: ours_loss(e, labels),
-                                                lambda e: NTXentLoss(temperature=tau)(e, labels), emb)
+    ours, theirs, g1, g2 = _value_and_grad_pair(
+        lambda e: ours_loss(e, labels), lambda e: NTXentLoss(temperature=tau)(e, labels), emb
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-9)
 
@@ -554,8 +557,9 @@ def test_normalised_all_anchors_at_m2_equals_pytorch_metric_learning_supcon(tau)
 
     emb, labels = class_block_batch(n=7, m=2, d=8, seed=97, scale=3.0)
     ours_loss = NPairMCLoss(reg_weight=0.0, anchors="all", normalize_embeddings=True, temperature=tau)
-    ours, theirs, g1, g2 = _value_and_grad_pair(lambda e: ours_loss(e, labels),
-                                                lambda e: SupConLoss(temperature=tau)(e, labels), emb)
+    ours, theirs, g1, g2 = _value_and_grad_pair(
+        lambda e: ours_loss(e, labels), lambda e: SupConLoss(temperature=tau)(e, labels), emb
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-9)
 
@@ -570,7 +574,8 @@ def test_normalised_paper_anchors_with_temperature_equal_pml_npairs_on_scaled_un
     ours_loss = NPairMCLoss(reg_weight=0.0, normalize_embeddings=True, temperature=tau)
     pml = NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False))
     ours, theirs, g1, g2 = _value_and_grad_pair(
-        lambda e: ours_loss(e, labels), lambda e: pml(F.normalize(e, dim=1) / math.sqrt(tau), labels), emb)
+        lambda e: ours_loss(e, labels), lambda e: pml(F.normalize(e, dim=1) / math.sqrt(tau), labels), emb
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-9)
 
@@ -720,7 +725,9 @@ def test_configs_instantiate_each_loss():
 
     root = Path(__file__).resolve().parents[1] / "configs" / "loss"
     names = sorted(p.stem for p in root.glob("*.yaml"))
-    assert {"npair_mc", "npair_ovo", "triplet", "triplet_nm", "tuplet", "contrastive", "softmax"} <= set(names)
+    assert {"npair_mc", "npair_ovo", "triplet", "triplet_nm", "tuplet", "contrastive", "softmax"} <= set(
+        names
+    )
     for name in names:
         cfg = OmegaConf.load(root / f"{name}.yaml")
         assert cfg.name == name
@@ -732,6 +739,12 @@ def test_configs_instantiate_each_loss():
         loss = instantiate(node)
         assert isinstance(loss, torch.nn.Module) and isinstance(loss.layout, str)
     # the paper's defaults
-    mc = instantiate({k: v for k, v in OmegaConf.to_container(OmegaConf.load(root / "npair_mc.yaml")).items() if k != "name"})
+    mc = instantiate(
+        {
+            k: v
+            for k, v in OmegaConf.to_container(OmegaConf.load(root / "npair_mc.yaml")).items()
+            if k != "name"
+        }
+    )
     assert (mc.regularizer.weight, mc.regularizer.form, mc.symmetric) == (0.002, "tf_npairs", False)
     assert math.isclose(mc.regularizer.weight, LAM)

@@ -16,4 +16,5 @@ def test_compiled_training_matches_eager_training(tmp_path: Path) -> None:
     eager = run(compose_config(overrides, tmp_path), tmp_path / "eager")
     compiled = run(compose_config([*overrides, "trainer.compile=true"], tmp_path), tmp_path / "compiled")
     assert {k: v for k, v in compiled.items() if k.startswith("recall")} == pytest.approx(
-        {k: v for k, v in eager.items() if k.startswith("recall")}, abs=1e-6)
+        {k: v for k, v in eager.items() if k.startswith("recall")}, abs=1e-6
+    )

@@ -493,8 +493,10 @@ class NPairMCLoss(_EmbeddingLoss):
         if anchors not in self.ANCHORS:
             raise ValueError(f"anchors={anchors!r} must be one of {self.ANCHORS} (first: the paper's)")
         if anchors == "all" and symmetric:
-            raise ValueError("symmetric=true applies to anchors=first only: with anchors=all every image is "
-                             "already an anchor; set loss.symmetric=false")
+            raise ValueError(
+                "symmetric=true applies to anchors=first only: with anchors=all every image is "
+                "already an anchor; set loss.symmetric=false"
+            )
         self.symmetric = bool(symmetric)
         self.normalize_embeddings = bool(normalize_embeddings)
         self.temperature = _check_temperature(temperature)
@@ -514,8 +516,10 @@ class NPairMCLoss(_EmbeddingLoss):
         return loss
 
     def extra_repr(self) -> str:
-        return (f"anchors={self.anchors!r}, temperature={self.temperature}, "
-                f"normalize_embeddings={self.normalize_embeddings}, symmetric={self.symmetric}")
+        return (
+            f"anchors={self.anchors!r}, temperature={self.temperature}, "
+            f"normalize_embeddings={self.normalize_embeddings}, symmetric={self.symmetric}"
+        )
 
 
 class NPairOVOLoss(_EmbeddingLoss):

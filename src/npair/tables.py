@@ -166,16 +166,31 @@ def load_spec(name: str, config_dir: Path = CONFIG_DIR) -> TableSpec:
     missing = [k for k in ("rows", "seeds", "metrics") if k not in raw]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}")
-    rows = [Row(label=str(r["label"]), experiment=str(r["experiment"]), paper=dict(r.get("paper") or {}),
-                evaluate_with=list(r.get("evaluate_with") or []), paper_se=dict(r.get("paper_se") or {}),
-                select=r.get("select"))
-            for r in raw["rows"]]
+    rows = [
+        Row(
+            label=str(r["label"]),
+            experiment=str(r["experiment"]),
+            paper=dict(r.get("paper") or {}),
+            evaluate_with=list(r.get("evaluate_with") or []),
+            paper_se=dict(r.get("paper_se") or {}),
+            select=r.get("select"),
+        )
+        for r in raw["rows"]
+    ]
     metrics = [m if isinstance(m, dict) else {"key": m, "label": m} for m in raw["metrics"]]
-    return TableSpec(name=str(raw.get("name", name)), title=str(raw.get("title", name)), rows=rows,
-                     seeds=[int(s) for s in raw["seeds"]], metrics=metrics,
-                     scale=float(raw.get("scale", 100.0)), decimals=int(raw.get("decimals", 2)),
-                     paper_source=raw.get("paper_source"), notes=raw.get("notes"), curves=raw.get("curves"),
-                     selection=raw.get("selection"))
+    return TableSpec(
+        name=str(raw.get("name", name)),
+        title=str(raw.get("title", name)),
+        rows=rows,
+        seeds=[int(s) for s in raw["seeds"]],
+        metrics=metrics,
+        scale=float(raw.get("scale", 100.0)),
+        decimals=int(raw.get("decimals", 2)),
+        paper_source=raw.get("paper_source"),
+        notes=raw.get("notes"),
+        curves=raw.get("curves"),
+        selection=raw.get("selection"),
+    )
 
 
 def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictConfig:
@@ -184,8 +199,10 @@ def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictCo
 
     cfg = compose_train([f"experiment={experiment}", f"seed={seed}", *overrides])
     if cfg.name != experiment:
-        raise ValueError(f"configs/experiment/{experiment}.yaml sets name={cfg.name!r}; it must equal the "
-                         f"experiment's path {experiment!r} (the run directory is keyed by it)")
+        raise ValueError(
+            f"configs/experiment/{experiment}.yaml sets name={cfg.name!r}; it must equal the "
+            f"experiment's path {experiment!r} (the run directory is keyed by it)"
+        )
     return cfg
 
 
@@ -260,13 +277,17 @@ def check_runs(specs: list[TableSpec], root: Path, compose: Composer) -> list[Ru
 
 def stale_message(bad: list[RunCheck]) -> str:
     many = "y" if len(bad) == 1 else "ies"
-    lines = [f"stopped: {len(bad)} run director{many} would be reused for another config than the table "
-             + "composes now:"]
+    lines = [
+        f"stopped: {len(bad)} run director{many} would be reused for another config than the table "
+        + "composes now:"
+    ]
     for check in bad:
         what = "another config" if check.state == "stale" else "an unverified result"
         lines.append(f"  {check.run_dir} ({what}, config {check.stored_hash or 'unknown'}): {check.reason}")
-    lines.append("Rebuild with the overrides those runs were trained with, or add --rerun-stale to move each "
-                 "aside (to <dir>.stale-<hash>; nothing is deleted) and train it again.")
+    lines.append(
+        "Rebuild with the overrides those runs were trained with, or add --rerun-stale to move each "
+        "aside (to <dir>.stale-<hash>; nothing is deleted) and train it again."
+    )
     return "\n".join(lines)
 
 
@@ -274,8 +295,12 @@ def move_aside(check: RunCheck) -> Path:
     """Rename a stale run directory to ``<name>.stale-<hash>`` (``-2``, ``-3`` ... if taken), holding its lock
     (a process training in it is waited for). Returns the new path."""
     run_dir = check.run_dir
-    with locks.locked(locks.run_lock(run_dir), on_wait=lambda who: print(
-            f"{run_dir} is in use by {who}: waiting before moving it aside", flush=True)):
+    with locks.locked(
+        locks.run_lock(run_dir),
+        on_wait=lambda who: print(
+            f"{run_dir} is in use by {who}: waiting before moving it aside", flush=True
+        ),
+    ):
         base = run_dir.with_name(f"{run_dir.name}.stale-{check.stored_hash or 'unknown'}")
         target, n = base, 1
         while target.exists():
@@ -293,8 +318,11 @@ def table_locks(specs: list[TableSpec], root: Path) -> Iterator[None]:
     try:
         for name in sorted({spec.name for spec in specs}):
             lock = locks.table_lock(root / "tables", name)
-            lock.acquire(on_wait=lambda who, name=name: print(
-                f"another build of table {name} is running ({who}): waiting for it to finish", flush=True))
+            lock.acquire(
+                on_wait=lambda who, name=name: print(
+                    f"another build of table {name} is running ({who}): waiting for it to finish", flush=True
+                )
+            )
             held.append(lock)
         yield
     finally:
@@ -323,8 +351,9 @@ def busy_runs(missing: dict[str, list[int]], root: Path) -> dict[tuple[str, int]
     return busy
 
 
-def train_missing(specs: list[TableSpec], root: Path, overrides: list[str], jobs: int, compose: Composer,
-                  rerun_stale: bool) -> None:
+def train_missing(
+    specs: list[TableSpec], root: Path, overrides: list[str], jobs: int, compose: Composer, rerun_stale: bool
+) -> None:
     """Train what the tables miss. A run another process is training is skipped, waited for, then looked
     at again (and trained here if it did not complete there); stale runs stop the build or, with
     ``rerun_stale``, are moved aside and trained again."""
@@ -338,8 +367,11 @@ def train_missing(specs: list[TableSpec], root: Path, overrides: list[str], jobs
         missing = missing_runs(check_runs(specs, root, compose) if bad else checks)
         busy = busy_runs(missing, root) if attempt == 0 else {}
         for (experiment, seed), who in busy.items():
-            print(f"{run_dir_of(root, experiment, seed)} is being trained by {who}: skipped here; this build "
-                  "waits for it before aggregating", flush=True)
+            print(
+                f"{run_dir_of(root, experiment, seed)} is being trained by {who}: skipped here; this build "
+                "waits for it before aggregating",
+                flush=True,
+            )
             missing[experiment].remove(seed)
         launch({e: seeds for e, seeds in missing.items() if seeds}, root, overrides, jobs, compose)
         if not busy:
@@ -356,13 +388,20 @@ def check_data(cfg: DictConfig) -> str | None:
     download = cfg.dataset.get("download")
     root = cfg.dataset.get("root")
     if download and root and not Path(str(root)).exists():
-        return (f"dataset {cfg.dataset.name!r} not found at {root}.\n"
-                f"  fetch it with:  make data DATASET={download}   (or python -m npair.data.download {download} --root data)")
+        return (
+            f"dataset {cfg.dataset.name!r} not found at {root}.\n"
+            f"  fetch it with:  make data DATASET={download}   (or python -m npair.data.download {download} --root data)"
+        )
     return None
 
 
-def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs: int,
-           compose: Composer | None = None) -> int:
+def launch(
+    missing: dict[str, list[int]],
+    root: Path,
+    overrides: list[str],
+    jobs: int,
+    compose: Composer | None = None,
+) -> int:
     """Train the missing runs with Hydra multiruns (the joblib launcher, ``jobs`` at a time).
 
     Experiments missing the same seeds form one sweep ``experiment=<a>,<b>,... seed=<seeds>``; each job writes
@@ -393,9 +432,18 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
     for seeds, experiments in groups.items():
         n = len(seeds) * len(experiments)
         launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 and n > 1 else []
-        cmd = [sys.executable, "-m", "npair.train", "-m", *launcher, f"experiment={','.join(experiments)}",
-               f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={root / 'runs'}",
-               "hydra.sweep.subdir=${name}/seed${seed}", *overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "npair.train",
+            "-m",
+            *launcher,
+            f"experiment={','.join(experiments)}",
+            f"seed={','.join(map(str, seeds))}",
+            f"hydra.sweep.dir={root / 'runs'}",
+            "hydra.sweep.subdir=${name}/seed${seed}",
+            *overrides,
+        ]
         print(f"training {plural(n, 'run')}: {', '.join(experiments)} × seeds {list(seeds)}", flush=True)
         result = subprocess.run(cmd, check=False)
         if result.returncode != 0:
@@ -419,15 +467,28 @@ def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> Non
     run = load_run(run_dir, cfg=cfg)
     evaluator = make(cfg.eval)
     metrics = evaluate_model(run.model, run.loss_fn, run.splits, evaluator, cfg, torch.device("cpu"))
-    atomic_write_json(run_dir / REEVAL_DIR / f"{row.eval_slug}.json", {
-        "status": "completed", "evaluate_with": row.evaluate_with, "step": run.step,
-        "run_config_hash": (read_metrics(run_dir) or {}).get("config_hash"),
-        "similarity": getattr(evaluator, "similarity", None), "final": metrics})
+    atomic_write_json(
+        run_dir / REEVAL_DIR / f"{row.eval_slug}.json",
+        {
+            "status": "completed",
+            "evaluate_with": row.evaluate_with,
+            "step": run.step,
+            "run_config_hash": (read_metrics(run_dir) or {}).get("config_hash"),
+            "similarity": getattr(evaluator, "similarity", None),
+            "final": metrics,
+        },
+    )
 
 
 def evaluate_missing(specs: list[TableSpec], root: Path, overrides: list[str]) -> None:
-    todo = [(spec, row, seed) for spec in specs for row in spec.rows if row.evaluate_with for seed in spec.seeds
-            if is_complete(spec.run_dir(root, row, seed)) and not spec.result_path(root, row, seed).exists()]
+    todo = [
+        (spec, row, seed)
+        for spec in specs
+        for row in spec.rows
+        if row.evaluate_with
+        for seed in spec.seeds
+        if is_complete(spec.run_dir(root, row, seed)) and not spec.result_path(root, row, seed).exists()
+    ]
     for spec, row, seed in tqdm(todo, desc="evaluating again", unit="run", disable=not todo):
         evaluate_again(root, row, seed, overrides)
 
@@ -435,7 +496,9 @@ def evaluate_missing(specs: list[TableSpec], root: Path, overrides: list[str]) -
 def dry_run(specs: list[TableSpec], root: Path, compose: Composer) -> str:
     """Print every run, its state (:class:`RunCheck`: done, missing, stale, unverified) and resolved config;
     return (and print) the summary."""
-    runs: dict[tuple[str, int], str] = {}  # (experiment, seed) -> done, missing, stale, unverified; counted once
+    runs: dict[
+        tuple[str, int], str
+    ] = {}  # (experiment, seed) -> done, missing, stale, unverified; counted once
     reevaluations: set[tuple[str, int, str]] = set()  # (experiment, seed, evaluation), counted once
     data_missing: set[str] = set()
     for spec in specs:
@@ -458,21 +521,28 @@ def dry_run(specs: list[TableSpec], root: Path, compose: Composer) -> str:
     return summary
 
 
-def dry_run_summary(specs: list[TableSpec], runs: dict[tuple[str, int], str], reevaluations: int,
-                    data_missing: list[str]) -> str:
+def dry_run_summary(
+    specs: list[TableSpec], runs: dict[tuple[str, int], str], reevaluations: int, data_missing: list[str]
+) -> str:
     """The last lines of a dry run: tables, distinct runs (done / to train, and how many of those hold another
     config or an unverified result), re-evaluations, missing data."""
     states = list(runs.values())
     done, blocked = states.count("done"), states.count("stale") + states.count("unverified")
-    lines = [f"=== dry run: {plural(len(specs), 'table')} ({', '.join(s.name for s in specs)}), "
-             f"{plural(len(runs), 'distinct run')}: {done} done, {len(runs) - done} to train; "
-             f"{plural(reevaluations, 're-evaluation')} of trained runs"]
+    lines = [
+        f"=== dry run: {plural(len(specs), 'table')} ({', '.join(s.name for s in specs)}), "
+        f"{plural(len(runs), 'distinct run')}: {done} done, {len(runs) - done} to train; "
+        f"{plural(reevaluations, 're-evaluation')} of trained runs"
+    ]
     if blocked:
-        lines.append(f"{blocked} of the runs to train hold another config or an unverified result: the build "
-                     "stops on them unless --rerun-stale moves them aside")
+        lines.append(
+            f"{blocked} of the runs to train hold another config or an unverified result: the build "
+            "stops on them unless --rerun-stale moves them aside"
+        )
     if data_missing:
-        lines.append(f"{plural(len(data_missing), 'dataset')} missing for the runs to train "
-                     "(training would stop before it starts):")
+        lines.append(
+            f"{plural(len(data_missing), 'dataset')} missing for the runs to train "
+            "(training would stop before it starts):"
+        )
         lines += ["  " + problem.replace("\n", "\n  ") for problem in data_missing]
     else:
         lines.append("no dataset missing for the runs to train")
@@ -502,8 +572,10 @@ def local_lookup(spec: TableSpec, root: Path) -> Lookup:
             return result
         record = read_metrics(run_dir) or {}
         if problem := identity.record_problem(run_dir, record):
-            raise ValueError(f"{run_dir} is not aggregated: {problem}. Train it again (python -m "
-                             "npair.tables ... --rerun-stale moves it aside)")
+            raise ValueError(
+                f"{run_dir} is not aggregated: {problem}. Train it again (python -m "
+                "npair.tables ... --rerun-stale moves it aside)"
+            )
         group = identity.run_group_hash(run_dir)
         return {**result, "config_hash": record["config_hash"], "group_hash": group}
 
@@ -546,12 +618,22 @@ def collect(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> dict[s
         table[row.label] = {}
         for metric in spec.metrics:
             key = metric["key"]
-            found = [read_metric(f, key) for f in finals]  # current or legacy key names (npair.evaluation.keys)
+            found = [
+                read_metric(f, key) for f in finals
+            ]  # current or legacy key names (npair.evaluation.keys)
             values = [float(v) * spec.scale for v in found if v is not None]
             mean, se = mean_se(values)
             paper = row.paper.get(key)
-            table[row.label][key] = Cell(mean, se, len(values), len(spec.seeds), None if paper is None else float(paper),
-                                         runs=len(finals), group_hash=group, config_hashes=tuple(hashes))
+            table[row.label][key] = Cell(
+                mean,
+                se,
+                len(values),
+                len(spec.seeds),
+                None if paper is None else float(paper),
+                runs=len(finals),
+                group_hash=group,
+                config_hashes=tuple(hashes),
+            )
     return table
 
 
@@ -561,8 +643,10 @@ def one_group(spec: TableSpec, row: Row, groups: dict[int, str | None]) -> str |
     known = {seed: g for seed, g in groups.items() if g}
     if len(set(known.values())) > 1:
         named = ", ".join(f"seed {seed}: {g}" for seed, g in known.items())
-        raise ValueError(f"table {spec.name}, row {row.label!r} ({row.experiment}): its runs are different "
-                         f"configurations, not seeds of one ({named}); train them with one config")
+        raise ValueError(
+            f"table {spec.name}, row {row.label!r} ({row.experiment}): its runs are different "
+            f"configurations, not seeds of one ({named}); train them with one config"
+        )
     return next(iter(known.values()), None)
 
 
@@ -571,8 +655,11 @@ def bold_masks(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> dict[str, 
     out = {}
     for metric in spec.metrics:
         cells = [table[r.label][metric["key"]] for r in spec.rows]
-        out[metric["key"]] = (bold_mask(cells, metric.get("higher_is_better", True)) if metric.get("bold", True)
-                              else [False] * len(cells))
+        out[metric["key"]] = (
+            bold_mask(cells, metric.get("higher_is_better", True))
+            if metric.get("bold", True)
+            else [False] * len(cells)
+        )
     return out
 
 
@@ -604,14 +691,25 @@ def to_markdown(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
             cells.append(f"**{text}**" if bold[k][i] else text)
         out.write(f"| {row.label} | " + " | ".join(cells) + " |\n")
         if has_paper:
-            paper = [_fmt(table[row.label][k].paper, spec.decimals)
-                     + (f" ± {row.paper_se[k]:.{spec.decimals}f}" if k in row.paper_se else "") for k in keys]
-            diff = [("—" if table[row.label][k].diff is None else f"{table[row.label][k].diff:+.{spec.decimals}f}")
-                    for k in keys]
+            paper = [
+                _fmt(table[row.label][k].paper, spec.decimals)
+                + (f" ± {row.paper_se[k]:.{spec.decimals}f}" if k in row.paper_se else "")
+                for k in keys
+            ]
+            diff = [
+                (
+                    "—"
+                    if table[row.label][k].diff is None
+                    else f"{table[row.label][k].diff:+.{spec.decimals}f}"
+                )
+                for k in keys
+            ]
             out.write("| ↳ paper | " + " | ".join(paper) + " |\n")
             out.write("| ↳ ours − paper | " + " | ".join(diff) + " |\n")
-    out.write(f"\n{seeds_note(spec.seeds)}; bold: the best and those whose ±SE interval overlaps it "
-              "(the paper's rule).")
+    out.write(
+        f"\n{seeds_note(spec.seeds)}; bold: the best and those whose ±SE interval overlaps it "
+        "(the paper's rule)."
+    )
     for note in footer_notes(spec):
         out.write(f" {note}.")
     if has_paper and spec.paper_source:
@@ -639,38 +737,83 @@ def hash_footer(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
 def to_csv(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff",
-                     "completed_runs", "metric_label", "group_hash", "config_hashes", "se_over",
-                     "value_is_se_over", "within_run_spread"])
+    writer.writerow(
+        [
+            "table",
+            "method",
+            "metric",
+            "mean",
+            "se",
+            "n_seeds",
+            "expected_seeds",
+            "paper",
+            "diff",
+            "completed_runs",
+            "metric_label",
+            "group_hash",
+            "config_hashes",
+            "se_over",
+            "value_is_se_over",
+            "within_run_spread",
+        ]
+    )
     for row in spec.rows:
         for metric in spec.metrics:
             key = metric["key"]
             c = table[row.label][key]
             over = within_run_spread(key)
-            writer.writerow([spec.name, row.label, key, c.mean, c.se, c.n, c.expected, c.paper, c.diff,
-                             c.runs, metric.get("label", key), c.group_hash or "", " ".join(c.config_hashes),
-                             "training_seeds", (spread_of(key) or ("", ""))[1],
-                             spread_key(key, over) if over else ""])
+            writer.writerow(
+                [
+                    spec.name,
+                    row.label,
+                    key,
+                    c.mean,
+                    c.se,
+                    c.n,
+                    c.expected,
+                    c.paper,
+                    c.diff,
+                    c.runs,
+                    metric.get("label", key),
+                    c.group_hash or "",
+                    " ".join(c.config_hashes),
+                    "training_seeds",
+                    (spread_of(key) or ("", ""))[1],
+                    spread_key(key, over) if over else "",
+                ]
+            )
     return out.getvalue()
 
 
 def to_latex(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     keys = [m["key"] for m in spec.metrics]
     bold = bold_masks(spec, table)
-    lines = [r"\begin{tabular}{l" + "c" * len(keys) + "}", r"\toprule",
-             "Method & " + " & ".join(m.get("label", m["key"]).replace("%", r"\%") for m in spec.metrics) + r" \\",
-             r"\midrule"]
+    lines = [
+        r"\begin{tabular}{l" + "c" * len(keys) + "}",
+        r"\toprule",
+        "Method & " + " & ".join(m.get("label", m["key"]).replace("%", r"\%") for m in spec.metrics) + r" \\",
+        r"\midrule",
+    ]
     for i, row in enumerate(spec.rows):
         cells = []
         for k in keys:
             c = table[row.label][k]
-            text = "--" if c.missing else _fmt(c.mean, spec.decimals) + (
-                f" $\\pm$ {_fmt(c.se, spec.decimals)}" if c.se is not None else "")
+            text = (
+                "--"
+                if c.missing
+                else _fmt(c.mean, spec.decimals)
+                + (f" $\\pm$ {_fmt(c.se, spec.decimals)}" if c.se is not None else "")
+            )
             cells.append(f"\\textbf{{{text}}}" if bold[k][i] else text)
         lines.append(row.label.replace("_", r"\_") + " & " + " & ".join(cells) + r" \\")
     notes = [f"{seeds_note(spec.seeds)}.", *(f"{note}." for note in footer_notes(spec))]
-    lines += [r"\bottomrule", r"\end{tabular}", *(f"% {note}" for note in notes),
-              "% " + hash_footer(spec, table), ""]
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        *(f"% {note}" for note in notes),
+        "% " + hash_footer(spec, table),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -692,27 +835,47 @@ def write_table(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> di
     for i, figure in enumerate(table_figures(paths["csv"], root / "figures")):
         paths[f"figure{i}"] = figure
     if spec.curves:
-        runs = {label: [d for seed in spec.seeds if is_complete(d := spec.run_dir(root, by_label[label], seed))]
-                for by_label in [{r.label: r for r in spec.rows}] for label in spec.curves["rows"]}
+        runs = {
+            label: [d for seed in spec.seeds if is_complete(d := spec.run_dir(root, by_label[label], seed))]
+            for by_label in [{r.label: r for r in spec.rows}]
+            for label in spec.curves["rows"]
+        }
         if all(runs.values()):  # training_curves refuses runs of different configs under one label
-            paths["curves"] = training_curves(runs, root / "figures" / f"{spec.name}_curves.png",
-                                              title=spec.curves.get("title", ""))
+            paths["curves"] = training_curves(
+                runs, root / "figures" / f"{spec.name}_curves.png", title=spec.curves.get("title", "")
+            )
     return paths
 
 
 # ------------------------------------------------------------------------------------ CLI
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m npair.tables", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m npair.tables",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("assignments", nargs="*", help="TABLE=<name> and extra training overrides key=value")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and their resolved configs; run nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their resolved configs; run nothing"
+    )
     parser.add_argument("--no-train", action="store_true", help="aggregate existing runs only")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="runs trained at once (default: 1 with a GPU, else 2 or the number of CPU cores if fewer)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds replacing the tables' own (quick checks)")
-    parser.add_argument("--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)")
-    parser.add_argument("--rerun-stale", action="store_true",
-                        help="move run directories of another config aside (<dir>.stale-<hash>), train again")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained at once (default: 1 with a GPU, else 2 or the number of CPU cores if fewer)",
+    )
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds replacing the tables' own (quick checks)"
+    )
+    parser.add_argument(
+        "--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)"
+    )
+    parser.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="move run directories of another config aside (<dir>.stale-<hash>), train again",
+    )
     add_debug_option(parser)
     args = parser.parse_intermixed_args(argv)  # assignments may come before, between or after the options
     args.table, args.source, args.project, args.entity, args.overrides = "mini", "local", None, None, []
@@ -723,7 +886,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         else:
             args.overrides.append(item)
     if args.source not in ("local", "wandb"):
-        parser.error(f"source={args.source!r}: use source=local (run directories) or source=wandb project=<name>")
+        parser.error(
+            f"source={args.source!r}: use source=local (run directories) or source=wandb project=<name>"
+        )
     if args.source == "wandb" and not args.project:
         parser.error("source=wandb needs project=<W&B project> (and entity=<team> if not your default)")
     if args.rerun_stale and args.no_train:

@@ -101,8 +101,14 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _to_global_batchnorm(module: nn.Module) -> nn.Module:
     if type(module) is nn.BatchNorm2d:
-        replaced = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                     module.track_running_stats, device=None)
+        replaced = GlobalBatchNorm2d(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=None,
+        )
         if module.affine:
             replaced.weight, replaced.bias = module.weight, module.bias
         if module.track_running_stats:
