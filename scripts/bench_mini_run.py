@@ -115,7 +115,8 @@ def main() -> None:
         widths = ",".join(map(str, s["widths"]))
         print(
             f"{s['channels_last']!s:<13} {widths:<17} {s['s_per_step']:>7.3f} {s['run_s']:>6.1f} "
-            f"{s['speedup_step']:>6.2f} {s['speedup_run']:>6.2f}  {', '.join(f'{v:.4f}' for v in s['recall@1'])}"
+            f"{s['speedup_step']:>6.2f} {s['speedup_run']:>6.2f}  "
+            f"{', '.join(f'{v:.4f}' for v in s['recall@1'])}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {

@@ -10,7 +10,7 @@ measured interleaved (round 1: every loss × compile mode, then round 2, ...); t
 and range over rounds (``--time-limit`` starts no run after it, past the first round). The JSON is rewritten
 after every run, so a run stopped midway keeps what it measured. Writes outputs/bench/bench_train.json.
 
-    python scripts/bench_train.py                          # triplet and npair_mc, batch 120 on GPU / 12 on CPU
+    python scripts/bench_train.py            # triplet and npair_mc, batch 120 on GPU / 12 on CPU
     python scripts/bench_train.py --batch 24 --steps 5 --losses triplet npair_mc npair_ovo contrastive
     # the GPU check's stage 2 (scripts/gpu_check.sh): the paper's 120-image batches, bf16, channels_last
     python scripts/bench_train.py --batch 120 --precision bf16 --channels-last true --workers 8 \\
@@ -197,8 +197,9 @@ def print_table(payload: dict[str, Any]) -> None:
     )
     print(
         f"\n{payload['model']} at {payload['image_size']}, {payload['jpegs']['count']} JPEGs "
-        f"{payload['jpegs']['size'][0]}×{payload['jpegs']['size'][1]}, trainer.num_workers={payload['workers']}, "
-        f"precision {payload['precision']}, channels_last {payload['channels_last']}, torch {payload['torch']}, "
+        f"{payload['jpegs']['size'][0]}×{payload['jpegs']['size'][1]}, "
+        f"trainer.num_workers={payload['workers']}, precision {payload['precision']}, "
+        f"channels_last {payload['channels_last']}, torch {payload['torch']}, "
         f"{payload['cuda'] or 'CPU'}\n{header}\n{'-' * len(header)}"
     )
     per_step = {r["loss"]: r["images_per_step"] for r in payload["runs"]}

@@ -245,8 +245,8 @@ def headline(record: dict[str, Any]) -> str:
     if record["name"] == "environment":
         torch = figures.get("torch", {})
         return (
-            f"{torch.get('device') or 'no CUDA device'}; torch {torch.get('torch')}, CUDA {torch.get('cuda_build')}, "
-            f"cuDNN {torch.get('cudnn')}"
+            f"{torch.get('device') or 'no CUDA device'}; torch {torch.get('torch')}, "
+            f"CUDA {torch.get('cuda_build')}, cuDNN {torch.get('cudnn')}"
         )
     if record["name"] == "training_speed" and figures.get("bench_train"):
         return "; ".join(
@@ -363,8 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     write_json(out / "gpu_check.json", payload)
     print(
-        f"\n{summary_table(payload['stages'])}\n\n{mode}: {'FAIL' if failed else 'PASS'} in {payload['wall_s']} s "
-        f"({', '.join(failed) if failed else 'every stage passed'}); results in {out / 'gpu_check.json'}"
+        f"\n{summary_table(payload['stages'])}\n\n{mode}: {'FAIL' if failed else 'PASS'} "
+        f"in {payload['wall_s']} s ({', '.join(failed) if failed else 'every stage passed'}); "
+        f"results in {out / 'gpu_check.json'}"
     )
     return 1 if failed else 0
 

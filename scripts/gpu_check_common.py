@@ -116,7 +116,8 @@ def ensure_jpegs(work: Path, mode: str) -> tuple[Path, dict[str, Any]]:
 
 
 def npair_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for ``python -m npair.train``: this checkout's src first, W&B off, unbuffered output."""
+    """The environment for ``python -m npair.train``: this checkout's src first, W&B off, unbuffered
+    output."""
     env = dict(os.environ)
     paths = [str(REPO / "src"), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     env.update(PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)), WANDB_MODE="disabled", PYTHONUNBUFFERED="1")

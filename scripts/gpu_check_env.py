@@ -1,4 +1,5 @@
-"""GPU check, stage 1 — the environment: nvidia-smi; torch, CUDA and cuDNN versions; which packages were found.
+"""GPU check, stage 1 — the environment: nvidia-smi; torch, CUDA and cuDNN versions; which packages were
+found.
 
 Fails when the check cannot run here: no CUDA device in ``gpu`` mode, or a package the later stages need
 (hydra-core and omegaconf for training, pytorch-metric-learning for the evaluator comparison) missing —

@@ -1,7 +1,8 @@
 """GPU check, stage 3 — the evaluator at Online-Products scale on the GPU, against pytorch-metric-learning.
 
 On SOP-shaped synthetic embeddings (``gpu``: 60,502 × 512 in 11,316 classes, as the test split of
-docs/datasets.md §3; ``cpu-smoke``: 3,000 × 64 in 560 classes), with cosine similarity (configs/eval/sop.yaml):
+docs/datasets.md §3; ``cpu-smoke``: 3,000 × 64 in 560 classes), with cosine similarity
+(configs/eval/sop.yaml):
 
 * our ``Evaluator``, torch backend, on the device: Recall@{1,10,100,1000}, then NMI + F1 with one k-means
   seed (k-means: faiss-GPU when faiss has GPU support, else the torch k-means on the device);
@@ -73,7 +74,8 @@ def faiss_status() -> dict[str, Any]:
 
 
 def timed(fn: Callable[[], Any], device: str) -> tuple[Any, dict[str, Any]]:
-    """``fn()`` with its wall time and the peak GPU memory torch allocated meanwhile (faiss' own is not seen)."""
+    """``fn()`` with its wall time and the peak GPU memory torch allocated meanwhile (faiss' own is not
+    seen)."""
     import torch
 
     cuda = device.startswith("cuda")

@@ -5,9 +5,9 @@ Two runs of ``python -m npair.train trainer=gpu`` with the same config start sid
 autocast, about a minute; ``cpu-smoke``: the small conv net at 32 px on the CPU, 2 workers). One is killed
 (SIGKILL, its whole process group: the DataLoader workers too) as soon as its first checkpoint exists, then
 started again with the same command and run directory (``trainer.resume=auto``); the other runs straight
-through. Both use ``trainer.deterministic=true`` (torch deterministic algorithms, warn-only where none exists).
-Glyphs have no random augmentation, so the DataLoader workers do not limit exactness (augmentation inside
-workers restarts from the epoch's worker seed on resume: npair.stream).
+through. Both use ``trainer.deterministic=true`` (torch deterministic algorithms, warn-only where none
+exists). Glyphs have no random augmentation, so the DataLoader workers do not limit exactness (augmentation
+inside workers restarts from the epoch's worker seed on resume: npair.stream).
 
 The resumed run must end with the uninterrupted run's final metrics, history and weights, bit for bit —
 where CUDA determinism allows: when not identical on the GPU, the ops torch warned have no deterministic
@@ -80,7 +80,8 @@ def overrides(mode: str, work: Path) -> list[str]:
 
 
 def build_glyphs_once(mode: str, work: Path) -> None:
-    """Generate the glyphs into the runs' cache (paths.data_dir/glyphs) before the two runs start side by side."""
+    """Generate the glyphs into the runs' cache (paths.data_dir/glyphs) before the two runs start side by
+    side."""
     from npair.data.embedded import build_glyphs
 
     build_glyphs(work / "data" / "glyphs", **GLYPHS[mode], seed=0)

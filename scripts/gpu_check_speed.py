@@ -135,8 +135,9 @@ def run(mode: str, work: Path, result: Result, budget_s: float) -> None:
         result.check("peak GPU memory recorded", all(memory), memory[:1])
     for row in payload["summary"]:
         print(
-            f"{row['loss']:<10} compile {'on ' if row['compile'] else 'off'}: {row['images_per_s_median']:.1f} "
-            f"images/s [{row['images_per_s_min']:.1f}, {row['images_per_s_max']:.1f}], "
+            f"{row['loss']:<10} compile {'on ' if row['compile'] else 'off'}: "
+            f"{row['images_per_s_median']:.1f} images/s "
+            f"[{row['images_per_s_min']:.1f}, {row['images_per_s_max']:.1f}], "
             f"peak {row['peak_gpu_allocated_gib']} GiB, speed-up {row['speedup_vs_compile_off']}",
             flush=True,
         )

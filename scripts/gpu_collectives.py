@@ -4,10 +4,10 @@
 
 Joins the process group with the backend ``trainer.ddp.backend=auto`` picks (nccl on CUDA, gloo on CPU),
 then: all_reduce, all_gather (what npair.collectives gathers N-pair negatives with), broadcast_object_list
-and all_gather_object (what npair.collectives hands rank 0's results and every rank's RNG state around with), and
-a few DistributedDataParallel steps of the small conv net under the N-pair-mc loss. Rank 0 writes the
-JSON result. It exists because ``trainer=ddp`` in one process trains without DDP (npair.run_context.setup), so a
-one-GPU machine exercises the process group only here.
+and all_gather_object (what npair.collectives hands rank 0's results and every rank's RNG state around
+with), and a few DistributedDataParallel steps of the small conv net under the N-pair-mc loss. Rank 0
+writes the JSON result. It exists because ``trainer=ddp`` in one process trains without DDP
+(npair.run_context.setup), so a one-GPU machine exercises the process group only here.
 """
 
 from __future__ import annotations

@@ -1,21 +1,23 @@
-"""The wheel folder for the GPU check on a machine without network (scripts/gpu_check.sh), and its size budget.
+"""The wheel folder for the GPU check on a machine without network (scripts/gpu_check.sh), and its size
+budget.
 
 A GPU machine may have torch and torchvision (and numpy, scipy, scikit-learn, pillow, tqdm) but not the
 rest of what the check imports. On a machine with network, download those packages as wheels for the GPU
 machine's Python, place the folder in the checkout (``.whl/``, ignored by git) or beside it (``../wheels``),
 and copy the checkout over; the check installs, without network, the wheels whose package is missing there.
 
-    python scripts/gpu_wheels.py prepare                 # hydra-core, omegaconf, antlr4, PyYAML, PML, faiss-cpu -> .whl/
-    python scripts/gpu_wheels.py prepare --wandb         # ... and wandb with its dependencies
-    python scripts/gpu_wheels.py prepare --faiss none    # without faiss (the evaluator then uses torch alone)
-    python scripts/gpu_wheels.py size                    # what would travel: the checkout + .whl/ against 64 MiB
+    python scripts/gpu_wheels.py prepare               # hydra-core, omegaconf, antlr4, PyYAML, PML,
+                                                       # faiss-cpu -> .whl/
+    python scripts/gpu_wheels.py prepare --wandb       # ... and wandb with its dependencies
+    python scripts/gpu_wheels.py prepare --faiss none  # without faiss (the evaluator then uses torch alone)
+    python scripts/gpu_wheels.py size                  # what would travel: checkout + .whl/ against 64 MiB
     python scripts/gpu_wheels.py install --wheels .whl --target /tmp/site   # what gpu_check.py does
 
-``prepare`` runs ``pip download --no-deps --only-binary=:all:`` for the target platform (default CPython 3.12 on
-manylinux x86-64) and builds the one package that has no wheel on PyPI (antlr4-python3-runtime 4.9.3, pure
-Python) with ``pip wheel``; then it reports the sizes against the budget (``size``). faiss-gpu is not offered:
-faiss-gpu-cu12 needs CUDA 12's cuBLAS wheel, about 0.6 GB in all, far over the budget (and a CUDA 13 machine
-does not load it); the evaluator runs on the GPU through its torch backend without it.
+``prepare`` runs ``pip download --no-deps --only-binary=:all:`` for the target platform (default CPython
+3.12 on manylinux x86-64) and builds the one package that has no wheel on PyPI (antlr4-python3-runtime
+4.9.3, pure Python) with ``pip wheel``; then it reports the sizes against the budget (``size``). faiss-gpu
+is not offered: faiss-gpu-cu12 needs CUDA 12's cuBLAS wheel, about 0.6 GB in all, far over the budget (and
+a CUDA 13 machine does not load it); the evaluator runs on the GPU through its torch backend without it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_BYTES = 64 * 2**20  # the largest copy of the checkout the GPU machine is given
-# The versions this checkout is tested with (the development environment's), each a wheel on PyPI except antlr4.
+# The versions this checkout is tested with (the development environment's), each a wheel on PyPI except
+# antlr4.
 PACKAGES = [
     "hydra-core==1.3.8",
     "omegaconf==2.3.1",
@@ -87,7 +90,8 @@ def find_wheels(folder: Path) -> list[Path]:
 
 
 def install(folder: Path, target: Path, timeout_s: float | None = None) -> dict[str, Any]:
-    """Install, without network, the wheels of ``folder`` whose package this interpreter lacks, into ``target``.
+    """Install, without network, the wheels of ``folder`` whose package this interpreter lacks, into
+    ``target``.
 
     Wheels of packages already installed are left out (the installed version wins: a wheel on PYTHONPATH
     would shadow it). Returns what was installed, what was left out and pip's exit code.
@@ -173,7 +177,8 @@ def print_budget(report: dict[str, Any]) -> None:
     for row in report["wheels"]:
         print(f"{row['bytes'] / mib:9.2f} MiB  {row['wheel']}")
     print(
-        f"{report['wheel_bytes'] / mib:9.2f} MiB  wheels\n{report['checkout_bytes'] / mib:9.2f} MiB  checkout files\n"
+        f"{report['wheel_bytes'] / mib:9.2f} MiB  wheels\n"
+        f"{report['checkout_bytes'] / mib:9.2f} MiB  checkout files\n"
         f"{report['total_bytes'] / mib:9.2f} MiB  in all, budget {report['budget_bytes'] / mib:.0f} MiB: "
         f"{'fits' if report['fits'] else 'DOES NOT FIT'}"
     )

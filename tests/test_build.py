@@ -14,8 +14,8 @@ import torch
 from npair import checkpoint as ckpt
 from npair.build import UntrustedConfigError, evaluate_model, load_run, make
 from npair.evaluate import main as evaluate_main
-from npair.plots import embedding_projection
 from npair.evaluation.keys import canonical_key
+from npair.plots import embedding_projection
 from npair.runio import CHECKPOINT_FILE, REEVAL_DIR
 from npair.tables import Row, compose_run, evaluate_again, run_dir_of
 from npair.train import run

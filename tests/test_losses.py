@@ -78,7 +78,8 @@ def normalized(u):
 
 
 def ref_tf_reg(emb, m, lam=LAM):
-    """TF npairs_loss: 0.25·λ·(mean‖anchor‖² + mean‖positive‖²) with anchors/positives = image 1/2 of each block (M = 2)."""
+    """TF npairs_loss: 0.25·λ·(mean‖anchor‖² + mean‖positive‖²) with anchors/positives = image 1/2 of
+    each block (M = 2)."""
     assert m == 2
     anchors, positives = emb[0::2], emb[1::2]
     ma = sum(dot(a, a) for a in anchors) / len(anchors)
@@ -276,7 +277,8 @@ def test_triplet_nm_semihard_fallback_uses_farthest_negative():
     emb = torch.tensor([[0.0, 0.0], [10.0, 0.0], [1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 1, 1])
     loss = TripletNMLoss(margin=0.0, normalize_embeddings=False, mining="semihard")
-    # pairs: (0,1): d_ap=100, negs d=1,4 -> fallback farthest (4): 96; (1,0): d_ap=100, negs 81,64 -> fallback 81: 19
+    # pairs: (0,1): d_ap=100, negs d=1,4 -> fallback farthest (4): 96;
+    # (1,0): d_ap=100, negs 81,64 -> fallback 81: 19;
     # (2,3): d_ap=1, negs to 0:4, to 1:81 -> semi-hard 4: 0; (3,2): d_ap=1, negs 4, 64 -> 4: 0
     torch.testing.assert_close(loss(emb, labels), torch.tensor((96 + 19) / 4, dtype=torch.float64))
 

@@ -1,7 +1,7 @@
 """The README's code runs as printed: the library example, and the own-loss / own-dataset recipe.
 
-The code is read from README.md itself (fenced blocks of the two sections), so an edit to the README that breaks
-the example fails here.
+The code is read from README.md itself (fenced blocks of the two sections), so an edit to the README that
+breaks the example fails here.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ Checked in src/, configs/, scripts/, tests/, README.md, CONTRIBUTING.md and docs
   ``DESIGN.md``, ``CONTRACT.md``, ...), must exist at that path from the repository root, so a citation of a
   note that is not part of the repository fails (``scripts/rewrite_references.py`` rewrites those);
 * ``shared/...`` paths must exist in the repository;
-* ``§n`` after a Markdown document (also ``§4.1 and §8``, ``§1, §2``, ``§7-8``) must be a numbered heading of that
-  document, and ``§8 #n`` (or a config's ``[#n]``, which means ``docs/paper.md §8 #n``) a row of that section's table or an item of its numbered list.
+* ``§n`` after a Markdown document (also ``§4.1 and §8``, ``§1, §2``, ``§7-8``) must be a numbered heading
+  of that document, and ``§8 #n`` (or a config's ``[#n]``, which means ``docs/paper.md §8 #n``) a row of
+  that section's table or an item of its numbered list.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ def test_sigkill_mid_run_then_restart_ends_like_an_uninterrupted_run(tmp_path: P
 
     env = {**os.environ, "WANDB_MODE": "offline"}
     run_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
-    # the uninterrupted run, in a process of its own like the others (a test process's global state could differ)
+    # the uninterrupted run, in a process of its own like the others (a test process's global state could
+    # differ)
     straight = subprocess.Popen(
         command(straight_dir),
         cwd=tmp_path,

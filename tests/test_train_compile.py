@@ -1,4 +1,5 @@
-"""trainer.compile=true: torch.compile'd training reaches the metrics of eager training (slow: compiles C++ on CPU)."""
+"""trainer.compile=true: torch.compile'd training reaches the metrics of eager training (slow: compiles
+C++ on CPU)."""
 
 from __future__ import annotations
 

@@ -308,7 +308,8 @@ def check_config(ckpt: dict[str, Any], cfg: DictConfig, path: Path, explicit: bo
 
 
 def load_module(module: nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
-    """``module.load_state_dict(state)`` with an error naming the checkpoint file when shapes or keys differ."""
+    """``module.load_state_dict(state)`` with an error naming the checkpoint file when shapes or keys
+    differ."""
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as err:

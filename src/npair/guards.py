@@ -147,8 +147,9 @@ def per_rank_batch(sampler_cfg: DictConfig, world_size: int) -> dict[str, int]:
             value = int(sampler_cfg[key])
             if value % world_size:
                 raise ValueError(
-                    f"sampler.{key}={value} does not divide across {world_size} ranks: the global batch is split "
-                    f"evenly between ranks; use a multiple of {world_size} (e.g. sampler.{key}="
+                    f"sampler.{key}={value} does not divide across {world_size} ranks: "
+                    "the global batch is split evenly between ranks; "
+                    f"use a multiple of {world_size} (e.g. sampler.{key}="
                     f"{max(world_size, value - value % world_size)})"
                 )
             out[key] = value // world_size
@@ -168,8 +169,8 @@ def check_sampler_fits_data(cfg: DictConfig, splits: DatasetSplits) -> None:
             f" ({len(classes) - usable} dropped by small_class_policy=drop)" if usable < len(classes) else ""
         )
         raise ValueError(
-            f"sampler.n_classes={int(s.n_classes)} (N classes per batch) is larger than the {usable} classes of "
-            f"{where}{dropped}; lower sampler.n_classes to at most {usable}"
+            f"sampler.n_classes={int(s.n_classes)} (N classes per batch) is larger than "
+            f"the {usable} classes of {where}{dropped}; lower sampler.n_classes to at most {usable}"
         )
     if policy == "error" and m > counts.min():
         smallest, have = int(classes[np.argmin(counts)]), int(counts.min())
@@ -189,8 +190,9 @@ def check_eval_fits_data(cfg: DictConfig, evaluator: Any, splits: DatasetSplits)
     ks = tuple(getattr(evaluator, "ks", ()) or ())
     if "recall" in getattr(evaluator, "metrics", ()) and ks and max(ks) > len(splits.test) - 1:
         raise ValueError(
-            f"eval.ks={list(ks)}: Recall@{max(ks)} needs more than {max(ks)} test images, but the test split of "
-            f"dataset={cfg.dataset.name} has {len(splits.test)}; lower eval.ks (at most {len(splits.test) - 1})"
+            f"eval.ks={list(ks)}: Recall@{max(ks)} needs more than {max(ks)} test images, "
+            f"but the test split of dataset={cfg.dataset.name} has {len(splits.test)}; "
+            f"lower eval.ks (at most {len(splits.test) - 1})"
         )
 
 

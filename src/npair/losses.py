@@ -178,7 +178,8 @@ def split_triplets(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, 
     if bad_pos.numel():
         t = int(bad_pos[0])
         raise ValueError(
-            f"triplets layout: triplet {t} has anchor class {int(lab[t, 0])} but positive class {int(lab[t, 1])}"
+            f"triplets layout: triplet {t} has anchor class {int(lab[t, 0])} "
+            f"but positive class {int(lab[t, 1])}"
         )
     bad_neg = torch.nonzero(lab[:, 0] == lab[:, 2]).flatten()
     if bad_neg.numel():

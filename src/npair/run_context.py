@@ -3,8 +3,10 @@ what DistributedDataParallel changes in a run (``trainer=ddp``). The exchanges b
 npair.collectives.
 
     torchrun --nproc_per_node=K -m npair.train trainer=ddp ...            # K GPUs (or K CPU processes)
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 -m npair.train trainer=ddp
-    python -m npair.train -m hydra/launcher=slurm hydra.launcher.tasks_per_node=K hydra.launcher.gpus_per_node=K trainer=ddp
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
+        -m npair.train trainer=ddp
+    python -m npair.train -m hydra/launcher=slurm hydra.launcher.tasks_per_node=K \\
+        hydra.launcher.gpus_per_node=K trainer=ddp
 
 What W ranks change, and why one process and W processes train the same model:
 

@@ -337,7 +337,8 @@ class PairSampler(_BaseBatchSampler):
     ) -> None:
         if n_pairs < 1 or not 0.0 <= positive_fraction <= 1.0:
             raise ValueError(
-                f"PairSampler: n_pairs={n_pairs} must be >= 1 and positive_fraction={positive_fraction} in [0, 1]"
+                f"PairSampler: n_pairs={n_pairs} must be >= 1 "
+                f"and positive_fraction={positive_fraction} in [0, 1]"
             )
         self.n_pairs = int(n_pairs)
         self.n_positive = int(round(self.n_pairs * positive_fraction))

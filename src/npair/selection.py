@@ -16,8 +16,9 @@ Everything goes under ``<outputs>/selection/<name>/``: ``<key>-<value>/seed<k>/`
 ``final/seed<k>/`` and ``selection.json`` (grid, every validation score, the chosen value, the held-out
 classes), also copied into every final run directory. Already completed runs are not trained again.
 
-The command line is :mod:`npair.select`. The table runner (:mod:`npair.tables`) does the same for table rows with a ``select:`` entry; their final
-runs are the rows' usual ``outputs/runs/<experiment>/seed<k>/`` (see :func:`select_and_train`).
+The command line is :mod:`npair.select`. The table runner (:mod:`npair.tables`) does the same for table
+rows with a ``select:`` entry; their final runs are the rows' usual ``outputs/runs/<experiment>/seed<k>/``
+(see :func:`select_and_train`).
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class SkippingBatchSampler(Sampler[list[int]]):
-    """A batch sampler whose passes start ``n`` batches in (``skip_next(n)``), until ``skip_next`` is called again.
+    """A batch sampler whose passes start ``n`` batches in (``skip_next(n)``), until ``skip_next`` is called
+    again.
 
     The skip is not cleared by iterating: torch's multi-process DataLoader iterator calls ``iter()`` twice
     for its first pass, so :class:`BatchStream` sets the skip before every pass instead.

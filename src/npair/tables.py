@@ -390,7 +390,8 @@ def check_data(cfg: DictConfig) -> str | None:
     if download and root and not Path(str(root)).exists():
         return (
             f"dataset {cfg.dataset.name!r} not found at {root}.\n"
-            f"  fetch it with:  make data DATASET={download}   (or python -m npair.data.download {download} --root data)"
+            f"  fetch it with:  make data DATASET={download}   "
+            f"(or python -m npair.data.download {download} --root data)"
         )
     return None
 
@@ -489,7 +490,7 @@ def evaluate_missing(specs: list[TableSpec], root: Path, overrides: list[str]) -
         for seed in spec.seeds
         if is_complete(spec.run_dir(root, row, seed)) and not spec.result_path(root, row, seed).exists()
     ]
-    for spec, row, seed in tqdm(todo, desc="evaluating again", unit="run", disable=not todo):
+    for _spec, row, seed in tqdm(todo, desc="evaluating again", unit="run", disable=not todo):
         evaluate_again(root, row, seed, overrides)
 
 

@@ -182,8 +182,8 @@ def test_the_nondeterminism_warning_names_the_op() -> None:
     from gpu_check_resume import NONDETERMINISTIC
 
     line = textwrap.dedent("""\
-        UserWarning: max_pool2d_with_indices_backward_cuda does not have a deterministic implementation, but you
-        set 'torch.use_deterministic_algorithms(True, warn_only=True)'.""")
+        UserWarning: max_pool2d_with_indices_backward_cuda does not have a deterministic implementation, but
+        you set 'torch.use_deterministic_algorithms(True, warn_only=True)'.""")
     assert NONDETERMINISTIC.findall(line) == ["max_pool2d_with_indices_backward_cuda"]
 
 
