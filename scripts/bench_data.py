@@ -122,7 +122,8 @@ def main() -> int:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     report = {
-        "benchmark": "input pipeline: JPEG decode + paper train transform (resize 256, random crop, flip, normalise) + collate",
+        "benchmark": "input pipeline: JPEG decode + paper train transform "
+        "(resize 256, random crop, flip, normalise) + collate",
         "n_images": args.n_images,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
@@ -144,7 +145,8 @@ def main() -> int:
     }
     print(
         f"input pipeline, {args.n_images} JPEGs ~500x375 ({mean_kb:.0f} KiB), crop {args.image_size}, "
-        f"batch {args.batch_size}; decode {decode_ms:.1f} ms/img, transform {transform_ms:.1f} ms/img (main process)"
+        f"batch {args.batch_size}; decode {decode_ms:.1f} ms/img, "
+        f"transform {transform_ms:.1f} ms/img (main process)"
     )
     print(f"{'workers':>8} | {'images/s':>9} | {'seconds':>8} | images")
     print(f"{'-' * 8}-+-{'-' * 9}-+-{'-' * 8}-+-------")
@@ -152,7 +154,8 @@ def main() -> int:
         print(f"{row['workers']:>8} | {row['images_per_s']:>9.1f} | {row['seconds']:>8.2f} | {row['images']}")
     if load:
         print(
-            f"load average during the run: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores"
+            f"load average during the run: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
+            f"on {os.cpu_count()} cores"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

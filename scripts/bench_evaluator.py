@@ -245,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "config": {"sizes": args.sizes, "rounds": args.rounds, "dim": args.dim, "noise": args.noise,
                    "seed": args.seed, "ks": KS, "similarity": "cosine", "measurements": names},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_start_and_after_each_round": loads},
-        "sizes": {str(n): {"classes": classes_for(n), "summary": summaries[n], "rounds": rounds[n]} for n in args.sizes},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "loadavg_start_and_after_each_round": loads},
+        "sizes": {str(n): {"classes": classes_for(n), "summary": summaries[n], "rounds": rounds[n]}
+                  for n in args.sizes},
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")

@@ -121,8 +121,9 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch.set_num_threads; 0 keeps torch's default. 1 by default: on a small shared CPU, multi-thread "
-        "timings of small batches are dominated by OpenMP waits (measured: 1.5 s for a 16-image update)",
+        help="torch.set_num_threads; 0 keeps torch's default. 1 by default: on a small shared CPU, "
+        "multi-thread timings of small batches are dominated by OpenMP waits "
+        "(measured: 1.5 s for a 16-image update)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/bench_losses.json"))

@@ -99,15 +99,23 @@ def wheel_folder(explicit: Path | None) -> Path | None:
     return None
 
 
-def install_wheels(folder: Path | None, work: Path, log: Path, mode: str) -> tuple[dict[str, Any], str | None]:
+def install_wheels(
+    folder: Path | None, work: Path, log: Path, mode: str
+) -> tuple[dict[str, Any], str | None]:
     """Stage 0: the record, and the folder to put on PYTHONPATH (None when nothing was installed)."""
     started = time.perf_counter()
     record: dict[str, Any] = {"stage": 0, "name": "wheels", "log": f"logs/{log.name}"}
     log.parent.mkdir(parents=True, exist_ok=True)
     if folder is None:
-        log.write_text("no wheel folder (--wheels, $GPU_CHECK_WHEELS, .whl/, ../wheels): using installed packages\n")
-        record.update(status="pass", checks=[{"name": "wheel folder", "ok": None, "detail": "none found"}],
-                      figures={}, seconds=0.0)
+        log.write_text(
+            "no wheel folder (--wheels, $GPU_CHECK_WHEELS, .whl/, ../wheels): using installed packages\n"
+        )
+        record.update(
+            status="pass",
+            checks=[{"name": "wheel folder", "ok": None, "detail": "none found"}],
+            figures={},
+            seconds=0.0,
+        )
         return record, None
     target = work / "site"
     try:
@@ -116,32 +124,58 @@ def install_wheels(folder: Path | None, work: Path, log: Path, mode: str) -> tup
         report = {"folder": str(folder), "error": str(err), "pip_exit_code": None}
     log.write_text(json.dumps(report, indent=2) + "\n")
     ok = report.get("pip_exit_code") == 0
-    record.update(status="pass" if ok else "fail", figures=report, seconds=round(time.perf_counter() - started, 1),
-                  checks=[{"name": "wheels installed without network", "ok": ok,
-                           "detail": report.get("error") or f"{len(report.get('installed', []))} installed, "
-                                                            f"{len(report.get('already_present', {}))} present"}])
+    record.update(
+        status="pass" if ok else "fail",
+        figures=report,
+        seconds=round(time.perf_counter() - started, 1),
+        checks=[
+            {
+                "name": "wheels installed without network",
+                "ok": ok,
+                "detail": report.get("error")
+                or f"{len(report.get('installed', []))} installed, "
+                f"{len(report.get('already_present', {}))} present",
+            }
+        ],
+    )
     return record, str(target) if ok and report.get("installed") else None
 
 
 # ------------------------------------------------------------------------------------- stages 1-5
-def run_stage(stage: Stage, mode: str, work: Path, out: Path, env: dict[str, str],
-              budget_s: float | None = None) -> dict[str, Any]:
+def run_stage(
+    stage: Stage, mode: str, work: Path, out: Path, env: dict[str, str], budget_s: float | None = None
+) -> dict[str, Any]:
     """Run one stage script in its own process group with its time budget; its record."""
     budget = float(budget_s if budget_s is not None else stage.budget_s[mode])
     log = out / "logs" / f"{stage.number}_{stage.name}.log"
     result_path = work / f"stage{stage.number}.json"
     result_path.unlink(missing_ok=True)
-    cmd = [sys.executable, str(SCRIPTS / stage.script), "--mode", mode, "--work", str(work),
-           "--result", str(result_path), "--budget-s", str(budget)]
-    record: dict[str, Any] = {"stage": stage.number, "name": stage.name, "timeout_s": budget,
-                              "log": f"logs/{log.name}"}
+    cmd = [
+        sys.executable,
+        str(SCRIPTS / stage.script),
+        "--mode",
+        mode,
+        "--work",
+        str(work),
+        "--result",
+        str(result_path),
+        "--budget-s",
+        str(budget),
+    ]
+    record: dict[str, Any] = {
+        "stage": stage.number,
+        "name": stage.name,
+        "timeout_s": budget,
+        "log": f"logs/{log.name}",
+    }
     print(f"stage {stage.number} {stage.name} (at most {budget:.0f} s) ...", flush=True)
     started = time.perf_counter()
     with open(log, "w") as handle:
         handle.write(f"$ {' '.join(cmd)}\n")
         handle.flush()
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=work,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True
+        )
         try:
             returncode: int | None = proc.wait(timeout=budget)
         except subprocess.TimeoutExpired:
@@ -152,12 +186,19 @@ def run_stage(stage: Stage, mode: str, work: Path, out: Path, env: dict[str, str
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     if result is None:
         why = f"timed out after {budget:.0f} s" if returncode is None else f"exited with code {returncode}"
-        record.update(status="fail", checks=[], figures={}, notes=[],
-                      error=f"{why} without writing its result; see {record['log']}")
+        record.update(
+            status="fail",
+            checks=[],
+            figures={},
+            notes=[],
+            error=f"{why} without writing its result; see {record['log']}",
+        )
     else:
         record.update(result)
         if returncode is None:
-            record.update(status="fail", error=f"timed out after {budget:.0f} s; the checks it had done are kept")
+            record.update(
+                status="fail", error=f"timed out after {budget:.0f} s; the checks it had done are kept"
+            )
         elif returncode != 0 and record["status"] == "pass":
             record.update(status="fail", error=f"exited with code {returncode}; see {record['log']}")
     record["exit_code"] = returncode
@@ -175,10 +216,17 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def stage_env(site: str | None) -> dict[str, str]:
     env = dict(os.environ)
-    paths = [str(REPO / "src"), *([site] if site else []),
-             *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
-    env.update(PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)), PYTHONUNBUFFERED="1", WANDB_MODE="disabled",
-               MPLBACKEND="Agg")
+    paths = [
+        str(REPO / "src"),
+        *([site] if site else []),
+        *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p],
+    ]
+    env.update(
+        PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)),
+        PYTHONUNBUFFERED="1",
+        WANDB_MODE="disabled",
+        MPLBACKEND="Agg",
+    )
     return env
 
 
@@ -196,18 +244,26 @@ def headline(record: dict[str, Any]) -> str:
         return "; ".join(str(c["detail"]) for c in record.get("checks", []))
     if record["name"] == "environment":
         torch = figures.get("torch", {})
-        return (f"{torch.get('device') or 'no CUDA device'}; torch {torch.get('torch')}, CUDA {torch.get('cuda_build')}, "
-                f"cuDNN {torch.get('cudnn')}")
+        return (
+            f"{torch.get('device') or 'no CUDA device'}; torch {torch.get('torch')}, "
+            f"CUDA {torch.get('cuda_build')}, cuDNN {torch.get('cudnn')}"
+        )
     if record["name"] == "training_speed" and figures.get("bench_train"):
-        return "; ".join(f"{r['loss']} compile {'on' if r['compile'] else 'off'} {r['images_per_s_median']:.0f} img/s"
-                         + (f" {r['peak_gpu_allocated_gib']:.1f} GiB" if r["peak_gpu_allocated_gib"] else "")
-                         for r in figures["bench_train"]["summary"])
+        return "; ".join(
+            f"{r['loss']} compile {'on' if r['compile'] else 'off'} {r['images_per_s_median']:.0f} img/s"
+            + (f" {r['peak_gpu_allocated_gib']:.1f} GiB" if r["peak_gpu_allocated_gib"] else "")
+            for r in figures["bench_train"]["summary"]
+        )
     if record["name"] == "evaluator" and figures.get("full"):
         full = figures["full"]
-        return (f"Recall@K {full['recall_torch']['seconds']} s, NMI+F1 {full['nmi_f1_one_seed']['seconds']} s, "
-                f"PML P@1 {full['pml_precision_at_1']['seconds']} s on {figures.get('device')}")
+        return (
+            f"Recall@K {full['recall_torch']['seconds']} s, NMI+F1 {full['nmi_f1_one_seed']['seconds']} s, "
+            f"PML P@1 {full['pml_precision_at_1']['seconds']} s on {figures.get('device')}"
+        )
     if record["name"] == "kill_and_resume" and figures.get("comparison"):
-        return f"identical: {figures['comparison']['identical']}, killed at step {figures.get('killed_at_step')}"
+        return (
+            f"identical: {figures['comparison']['identical']}, killed at step {figures.get('killed_at_step')}"
+        )
     if record["name"] == "multi_process" and figures.get("collectives"):
         return f"backend {figures['collectives'].get('backend')}"
     return ""
@@ -216,27 +272,38 @@ def headline(record: dict[str, Any]) -> str:
 def summary_table(stages: list[dict[str, Any]]) -> str:
     lines = ["| stage | status | s | figures |", "|---|---|---:|---|"]
     for r in stages:
-        lines.append(f"| {r['stage']} {r['name']} | {r['status'].upper()} | {r.get('seconds', 0):.0f} | "
-                     f"{headline(r)} |")
+        lines.append(
+            f"| {r['stage']} {r['name']} | {r['status'].upper()} | {r.get('seconds', 0):.0f} | "
+            f"{headline(r)} |"
+        )
     return "\n".join(lines)
 
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 # ------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path, help="results folder (gpu_check.json, logs/)")
     parser.add_argument("--cpu-smoke", action="store_true", help="every stage at toy size on the CPU")
     parser.add_argument("--wheels", type=Path, default=None, help="folder of wheels to install offline")
-    parser.add_argument("--stages", type=int, nargs="+", default=None, choices=[s.number for s in STAGES],
-                        help="run only these stages (default: all)")
+    parser.add_argument(
+        "--stages",
+        type=int,
+        nargs="+",
+        default=None,
+        choices=[s.number for s in STAGES],
+        help="run only these stages (default: all)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--keep-work", action="store_true", help="keep the scratch folder")
     return parser.parse_args(argv)
@@ -253,10 +320,19 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     payload: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "check": "npair GPU check", "mode": mode,
+        "schema_version": SCHEMA_VERSION,
+        "check": "npair GPU check",
+        "mode": mode,
         "command": " ".join(["scripts/gpu_check.sh", *(argv if argv is not None else sys.argv[1:])]),
-        "started": now(), "finished": None, "host": socket.gethostname(), "python": sys.executable,
-        "platform": platform.platform(), "git_commit": git_commit(), "gpu": None, "stages": [], "summary": None,
+        "started": now(),
+        "finished": None,
+        "host": socket.gethostname(),
+        "python": sys.executable,
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "gpu": None,
+        "stages": [],
+        "summary": None,
     }
     try:
         install, site = install_wheels(wheel_folder(args.wheels), work, out / "logs" / "0_wheels.log", mode)
@@ -276,12 +352,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep_work and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     failed = [f"{r['stage']} {r['name']}" for r in payload["stages"] if r["status"] == "fail"]
-    payload.update(finished=now(), wall_s=round(time.perf_counter() - started, 1),
-                   summary={"status": "fail" if failed else "pass", "failed": failed,
-                            "passed": [f"{r['stage']} {r['name']}" for r in payload["stages"] if r["status"] == "pass"]})
+    payload.update(
+        finished=now(),
+        wall_s=round(time.perf_counter() - started, 1),
+        summary={
+            "status": "fail" if failed else "pass",
+            "failed": failed,
+            "passed": [f"{r['stage']} {r['name']}" for r in payload["stages"] if r["status"] == "pass"],
+        },
+    )
     write_json(out / "gpu_check.json", payload)
-    print(f"\n{summary_table(payload['stages'])}\n\n{mode}: {'FAIL' if failed else 'PASS'} in {payload['wall_s']} s "
-          f"({', '.join(failed) if failed else 'every stage passed'}); results in {out / 'gpu_check.json'}")
+    print(
+        f"\n{summary_table(payload['stages'])}\n\n{mode}: {'FAIL' if failed else 'PASS'} "
+        f"in {payload['wall_s']} s ({', '.join(failed) if failed else 'every stage passed'}); "
+        f"results in {out / 'gpu_check.json'}"
+    )
     return 1 if failed else 0
 
 

@@ -80,7 +80,9 @@ def stage_main(run: Callable[[str, Path, Result, float], None]) -> None:
     parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--work", type=Path, required=True, help="scratch directory shared by the stages")
     parser.add_argument("--result", type=Path, required=True, help="where to write this stage's JSON result")
-    parser.add_argument("--budget-s", type=float, default=600.0, help="seconds before the GPU check kills the stage")
+    parser.add_argument(
+        "--budget-s", type=float, default=600.0, help="seconds before the GPU check kills the stage"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     result = Result(path=args.result)
@@ -114,7 +116,8 @@ def ensure_jpegs(work: Path, mode: str) -> tuple[Path, dict[str, Any]]:
 
 
 def npair_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for ``python -m npair.train``: this checkout's src first, W&B off, unbuffered output."""
+    """The environment for ``python -m npair.train``: this checkout's src first, W&B off, unbuffered
+    output."""
     env = dict(os.environ)
     paths = [str(REPO / "src"), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     env.update(PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)), WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
@@ -122,14 +125,26 @@ def npair_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_logged(cmd: list[str], log: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None,
-               timeout: float | None = None) -> int | None:
+def run_logged(
+    cmd: list[str],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+) -> int | None:
     """Run ``cmd`` with its output in ``log`` (a scratch file), then copied into this stage's output; its exit
     code, or None when it ran past ``timeout`` seconds (then its whole process group is killed)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env or npair_env(), cwd=cwd,
-                                start_new_session=True)  # its own process group: a timeout stops its children too
+        proc = subprocess.Popen(
+            cmd,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env or npair_env(),
+            cwd=cwd,
+            start_new_session=True,
+        )  # its own process group: a timeout stops its children too
         try:
             returncode: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

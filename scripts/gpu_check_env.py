@@ -1,4 +1,5 @@
-"""GPU check, stage 1 — the environment: nvidia-smi; torch, CUDA and cuDNN versions; which packages were found.
+"""GPU check, stage 1 — the environment: nvidia-smi; torch, CUDA and cuDNN versions; which packages were
+found.
 
 Fails when the check cannot run here: no CUDA device in ``gpu`` mode, or a package the later stages need
 (hydra-core and omegaconf for training, pytorch-metric-learning for the evaluator comparison) missing —
@@ -21,9 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check_common import REPO, Result, nccl_version, stage_main
 
 # import name -> distribution name. Required: the later stages import them.
-REQUIRED = {"numpy": "numpy", "scipy": "scipy", "sklearn": "scikit-learn", "PIL": "pillow", "tqdm": "tqdm",
-            "yaml": "PyYAML", "omegaconf": "omegaconf", "hydra": "hydra-core", "antlr4": "antlr4-python3-runtime",
-            "pytorch_metric_learning": "pytorch-metric-learning"}
+REQUIRED = {
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "sklearn": "scikit-learn",
+    "PIL": "pillow",
+    "tqdm": "tqdm",
+    "yaml": "PyYAML",
+    "omegaconf": "omegaconf",
+    "hydra": "hydra-core",
+    "antlr4": "antlr4-python3-runtime",
+    "pytorch_metric_learning": "pytorch-metric-learning",
+}
 OPTIONAL = {"faiss": "faiss-cpu / faiss-gpu", "wandb": "wandb", "triton": "triton"}
 
 
@@ -34,20 +44,31 @@ def package(module: str) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 (an import can fail in many ways; all mean "not usable")
         return {"found": False, "error": f"{type(err).__name__}: {err}"}
     version = getattr(mod, "__version__", None)
-    return {"found": True, "version": str(version) if version is not None else None,
-            "path": str(Path(getattr(mod, "__file__", "") or "").parent)}
+    return {
+        "found": True,
+        "version": str(version) if version is not None else None,
+        "path": str(Path(getattr(mod, "__file__", "") or "").parent),
+    }
 
 
 def nvidia_smi(result: Result, mode: str) -> None:
     exe = shutil.which("nvidia-smi")
     if exe is None:
-        result.check("nvidia-smi runs", False if mode == "gpu" else None,
-                      "nvidia-smi not found" + ("" if mode == "gpu" else " (cpu-smoke: not needed)"))
+        result.check(
+            "nvidia-smi runs",
+            False if mode == "gpu" else None,
+            "nvidia-smi not found" + ("" if mode == "gpu" else " (cpu-smoke: not needed)"),
+        )
         return
     full = subprocess.run([exe], capture_output=True, text=True, timeout=60, check=False)
     print(full.stdout, full.stderr, sep="\n", flush=True)
-    query = subprocess.run([exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=60, check=False)
+    query = subprocess.run(
+        [exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     gpus = [line.strip() for line in query.stdout.splitlines() if line.strip()]
     result.figures["nvidia_smi"] = gpus
     ok = full.returncode == 0 and bool(gpus)
@@ -57,9 +78,12 @@ def nvidia_smi(result: Result, mode: str) -> None:
 def torch_versions(result: Result, mode: str) -> None:
     import torch
 
-    info: dict[str, Any] = {"torch": torch.__version__, "cuda_build": torch.version.cuda,
-                            "cuda_available": torch.cuda.is_available(),
-                            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
     try:
         import torchvision
 
@@ -68,18 +92,28 @@ def torch_versions(result: Result, mode: str) -> None:
         info["torchvision"] = f"not importable: {type(err).__name__}: {err}"
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(device_count=torch.cuda.device_count(), device=torch.cuda.get_device_name(0),
-                    capability=".".join(map(str, torch.cuda.get_device_capability(0))),
-                    memory_gib=round(props.total_memory / 2**30, 1), multiprocessors=props.multi_processor_count,
-                    bf16_supported=torch.cuda.is_bf16_supported(), nccl=nccl_version())
+        info.update(
+            device_count=torch.cuda.device_count(),
+            device=torch.cuda.get_device_name(0),
+            capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+            memory_gib=round(props.total_memory / 2**30, 1),
+            multiprocessors=props.multi_processor_count,
+            bf16_supported=torch.cuda.is_bf16_supported(),
+            nccl=nccl_version(),
+        )
     result.figures["torch"] = info
     if mode == "gpu":
-        result.check("CUDA device available to torch", info["cuda_available"],
-                     info.get("device") or "torch.cuda.is_available() is False: use --cpu-smoke on a machine "
-                                            "without a GPU")
+        result.check(
+            "CUDA device available to torch",
+            info["cuda_available"],
+            info.get("device")
+            or "torch.cuda.is_available() is False: use --cpu-smoke on a machine without a GPU",
+        )
     else:
         result.check("CUDA device available to torch", None, "cpu-smoke: CPU only")
-    result.check("torchvision imports", not str(info["torchvision"]).startswith("not importable"), info["torchvision"])
+    result.check(
+        "torchvision imports", not str(info["torchvision"]).startswith("not importable"), info["torchvision"]
+    )
 
 
 def packages(result: Result) -> None:
@@ -89,12 +123,19 @@ def packages(result: Result) -> None:
         import faiss
 
         optional["faiss-cpu / faiss-gpu"]["gpu_support"] = hasattr(faiss, "StandardGpuResources")
-        optional["faiss-cpu / faiss-gpu"]["gpus"] = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        optional["faiss-cpu / faiss-gpu"]["gpus"] = (
+            faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        )
     result.figures["packages"] = {"required": required, "optional": optional}
     missing = [name for name, info in required.items() if not info["found"]]
-    result.check("required packages import", not missing,
-                 f"missing: {', '.join(missing)} — put their wheels in the wheel folder "
-                 "(python scripts/gpu_wheels.py prepare) and run again" if missing else "all found")
+    result.check(
+        "required packages import",
+        not missing,
+        f"missing: {', '.join(missing)} — put their wheels in the wheel folder "
+        "(python scripts/gpu_wheels.py prepare) and run again"
+        if missing
+        else "all found",
+    )
     for name, info in optional.items():
         print(f"optional {name}: {info}", flush=True)
     import npair
@@ -105,8 +146,11 @@ def packages(result: Result) -> None:
 
 def machine(result: Result) -> None:
     result.figures["machine"] = {
-        "python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform(),
-        "cpus": os.cpu_count(), "c_compiler": shutil.which("cc") or shutil.which("gcc"),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "c_compiler": shutil.which("cc") or shutil.which("gcc"),
         "pythonpath": os.environ.get("PYTHONPATH", ""),
     }
 

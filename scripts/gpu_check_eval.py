@@ -1,7 +1,8 @@
 """GPU check, stage 3 — the evaluator at Online-Products scale on the GPU, against pytorch-metric-learning.
 
 On SOP-shaped synthetic embeddings (``gpu``: 60,502 × 512 in 11,316 classes, as the test split of
-docs/datasets.md §3; ``cpu-smoke``: 3,000 × 64 in 560 classes), with cosine similarity (configs/eval/sop.yaml):
+docs/datasets.md §3; ``cpu-smoke``: 3,000 × 64 in 560 classes), with cosine similarity
+(configs/eval/sop.yaml):
 
 * our ``Evaluator``, torch backend, on the device: Recall@{1,10,100,1000}, then NMI + F1 with one k-means
   seed (k-means: faiss-GPU when faiss has GPU support, else the torch k-means on the device);
@@ -73,7 +74,8 @@ def faiss_status() -> dict[str, Any]:
 
 
 def timed(fn: Callable[[], Any], device: str) -> tuple[Any, dict[str, Any]]:
-    """``fn()`` with its wall time and the peak GPU memory torch allocated meanwhile (faiss' own is not seen)."""
+    """``fn()`` with its wall time and the peak GPU memory torch allocated meanwhile (faiss' own is not
+    seen)."""
     import torch
 
     cuda = device.startswith("cuda")
@@ -106,8 +108,10 @@ def pml(x: np.ndarray, labels: np.ndarray, device: str, include: str, faiss_gpu:
     from pytorch_metric_learning.utils.inference import CustomKNN, FaissKMeans
 
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    kwargs: dict[str, Any] = {"device": torch.device(device),
-                              "knn_func": CustomKNN(CosineSimilarity(), batch_size=4096)}
+    kwargs: dict[str, Any] = {
+        "device": torch.device(device),
+        "knn_func": CustomKNN(CosineSimilarity(), batch_size=4096),
+    }
     if include == "NMI":
         kwargs["kmeans_func"] = FaissKMeans(niter=20, gpu=faiss_gpu)
     else:
@@ -130,35 +134,56 @@ def run(mode: str, work: Path, result: Result, budget_s: float) -> None:
         result.check("CUDA available", False, "torch.cuda.is_available() is False")
         return
     faiss = faiss_status()
-    result.figures.update(data={**size, "noise": NOISE, "similarity": "cosine", "ks": KS}, device=device,
-                          faiss=faiss)
+    result.figures.update(
+        data={**size, "noise": NOISE, "similarity": "cosine", "ks": KS}, device=device, faiss=faiss
+    )
     x, labels = sop_like(size["n"], size["classes"], size["dim"])
     recall_keys = [f"recall@{k}" for k in KS]
     kmeans_backend = "faiss" if faiss["gpu"] or (mode == "cpu-smoke" and faiss["found"]) else "torch"
 
     full: dict[str, Any] = {}
     recall, full["recall_torch"] = ours(x, labels, device, metrics=["recall"], ks=KS, backend="torch")
-    clusters, full["nmi_f1_one_seed"] = ours(x, labels, device, metrics=["nmi", "f1"], kmeans_backend=kmeans_backend)
+    clusters, full["nmi_f1_one_seed"] = ours(
+        x, labels, device, metrics=["nmi", "f1"], kmeans_backend=kmeans_backend
+    )
     full["recall_torch"]["metrics"], full["nmi_f1_one_seed"]["metrics"] = recall, clusters
-    print(f"ours on {device}: {recall} in {full['recall_torch']['seconds']} s; {clusters} in "
-          f"{full['nmi_f1_one_seed']['seconds']} s (k-means: {kmeans_backend})", flush=True)
+    print(
+        f"ours on {device}: {recall} in {full['recall_torch']['seconds']} s; {clusters} in "
+        f"{full['nmi_f1_one_seed']['seconds']} s (k-means: {kmeans_backend})",
+        flush=True,
+    )
     valid = len(labels) - int(recall["recall_excluded_singletons"])
 
     if faiss["gpu"] or (mode == "cpu-smoke" and faiss["found"]):
-        faiss_recall, full["recall_faiss"] = ours(x, labels, device, metrics=["recall"], ks=KS, backend="faiss")
+        faiss_recall, full["recall_faiss"] = ours(
+            x, labels, device, metrics=["recall"], ks=KS, backend="faiss"
+        )
         full["recall_faiss"]["metrics"] = faiss_recall
         diff = compare(faiss_recall, recall, recall_keys)
-        result.check("faiss backend Recall@K = torch backend's", max(diff.values()) <= RECALL_FLIPS / valid,
-                     {"abs_diff": diff, "faiss_s": full["recall_faiss"]["seconds"]})
+        result.check(
+            "faiss backend Recall@K = torch backend's",
+            max(diff.values()) <= RECALL_FLIPS / valid,
+            {"abs_diff": diff, "faiss_s": full["recall_faiss"]["seconds"]},
+        )
     else:
-        result.check("faiss backend Recall@K = torch backend's", None,
-                     "skipped: faiss " + ("has no GPU support here" if faiss["found"] else "is not installed"))
+        result.check(
+            "faiss backend Recall@K = torch backend's",
+            None,
+            "skipped: faiss " + ("has no GPU support here" if faiss["found"] else "is not installed"),
+        )
 
     p_at_1, full["pml_precision_at_1"] = pml(x, labels, device, "precision_at_1", faiss["gpu"])
     full["pml_precision_at_1"]["value"] = p_at_1
-    result.check("our Recall@1 = PML precision_at_1", abs(p_at_1 - recall["recall@1"]) <= 1 / valid,
-                 {"ours": recall["recall@1"], "pml": p_at_1, "ours_s": full["recall_torch"]["seconds"],
-                  "pml_s": full["pml_precision_at_1"]["seconds"]})
+    result.check(
+        "our Recall@1 = PML precision_at_1",
+        abs(p_at_1 - recall["recall@1"]) <= 1 / valid,
+        {
+            "ours": recall["recall@1"],
+            "pml": p_at_1,
+            "ours_s": full["recall_torch"]["seconds"],
+            "pml_s": full["pml_precision_at_1"]["seconds"],
+        },
+    )
 
     sub = class_subsample(labels, size["subsample"])
     xs, ls = x[sub], labels[sub]
@@ -167,13 +192,28 @@ def run(mode: str, work: Path, result: Result, budget_s: float) -> None:
     on_cpu, sub_cpu = ours(xs, ls, "cpu", **kwargs)
     diff = compare(on_device, on_cpu, [*recall_keys, "nmi", "f1"])
     sub_valid = len(ls) - int(on_cpu["recall_excluded_singletons"])
-    ok = all(diff[k] <= RECALL_FLIPS / sub_valid for k in recall_keys) and diff["nmi"] <= CLUSTER_TOL \
+    ok = (
+        all(diff[k] <= RECALL_FLIPS / sub_valid for k in recall_keys)
+        and diff["nmi"] <= CLUSTER_TOL
         and diff["f1"] <= CLUSTER_TOL
-    result.check(f"subsample metrics on {device} = on the CPU backend", ok,
-                 {"items": len(ls), "classes": int(np.unique(ls).size), "abs_diff": diff,
-                  "identical": all(v == 0 for v in diff.values())})
-    result.figures["subsample"] = {"items": len(ls), device: on_device, "cpu": on_cpu, f"{device}_cost": sub_device,
-                                   "cpu_cost": sub_cpu}
+    )
+    result.check(
+        f"subsample metrics on {device} = on the CPU backend",
+        ok,
+        {
+            "items": len(ls),
+            "classes": int(np.unique(ls).size),
+            "abs_diff": diff,
+            "identical": all(v == 0 for v in diff.values()),
+        },
+    )
+    result.figures["subsample"] = {
+        "items": len(ls),
+        device: on_device,
+        "cpu": on_cpu,
+        f"{device}_cost": sub_device,
+        "cpu_cost": sub_cpu,
+    }
 
     if not faiss["found"]:
         result.check("our NMI ≈ PML NMI", None, "skipped: PML's k-means needs faiss, which is not installed")
@@ -185,8 +225,11 @@ def run(mode: str, work: Path, result: Result, budget_s: float) -> None:
             pml_nmi, cost = pml(xs, ls, device, "NMI", False)
             ours_nmi, where = on_device["nmi"], "subsample (faiss has no GPU support: PML k-means on the CPU)"
         full["pml_nmi"] = {**cost, "value": pml_nmi, "on": where}
-        result.check("our NMI ≈ PML NMI", abs(pml_nmi - ours_nmi) <= PML_NMI_TOL,
-                     {"ours": ours_nmi, "pml": pml_nmi, "on": where, "tolerance": PML_NMI_TOL})
+        result.check(
+            "our NMI ≈ PML NMI",
+            abs(pml_nmi - ours_nmi) <= PML_NMI_TOL,
+            {"ours": ours_nmi, "pml": pml_nmi, "on": where, "tolerance": PML_NMI_TOL},
+        )
     result.figures["full"] = full
 
 

@@ -5,9 +5,9 @@ Two runs of ``python -m npair.train trainer=gpu`` with the same config start sid
 autocast, about a minute; ``cpu-smoke``: the small conv net at 32 px on the CPU, 2 workers). One is killed
 (SIGKILL, its whole process group: the DataLoader workers too) as soon as its first checkpoint exists, then
 started again with the same command and run directory (``trainer.resume=auto``); the other runs straight
-through. Both use ``trainer.deterministic=true`` (torch deterministic algorithms, warn-only where none exists).
-Glyphs have no random augmentation, so the DataLoader workers do not limit exactness (augmentation inside
-workers restarts from the epoch's worker seed on resume: npair.stream).
+through. Both use ``trainer.deterministic=true`` (torch deterministic algorithms, warn-only where none
+exists). Glyphs have no random augmentation, so the DataLoader workers do not limit exactness (augmentation
+inside workers restarts from the epoch's worker seed on resume: npair.stream).
 
 The resumed run must end with the uninterrupted run's final metrics, history and weights, bit for bit —
 where CUDA determinism allows: when not identical on the GPU, the ops torch warned have no deterministic
@@ -31,28 +31,57 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_check_common import Result, echo_log, npair_env, stage_main
 
-GLYPHS = {"gpu": {"n_classes": 160, "images_per_class": 6, "image_size": 224},
-          "cpu-smoke": {"n_classes": 40, "images_per_class": 6, "image_size": 32}}
+GLYPHS = {
+    "gpu": {"n_classes": 160, "images_per_class": 6, "image_size": 224},
+    "cpu-smoke": {"n_classes": 40, "images_per_class": 6, "image_size": 32},
+}
 SETTINGS = {
-    "gpu": ["backbone=googlenet", "backbone.net.pretrained=false", "sampler.n_classes=60", "trainer.max_steps=120",
-            "trainer.checkpoint_every=40", "trainer.log_every=10", "trainer.probe_classes=16"],
-    "cpu-smoke": ["trainer.device=cpu", "trainer.num_workers=2", "trainer.threads=1", "backbone=small_convnet",
-                  "sampler.n_classes=8", "trainer.max_steps=30", "trainer.checkpoint_every=10", "trainer.log_every=5",
-                  "trainer.probe_classes=4"],
+    "gpu": [
+        "backbone=googlenet",
+        "backbone.net.pretrained=false",
+        "sampler.n_classes=60",
+        "trainer.max_steps=120",
+        "trainer.checkpoint_every=40",
+        "trainer.log_every=10",
+        "trainer.probe_classes=16",
+    ],
+    "cpu-smoke": [
+        "trainer.device=cpu",
+        "trainer.num_workers=2",
+        "trainer.threads=1",
+        "backbone=small_convnet",
+        "sampler.n_classes=8",
+        "trainer.max_steps=30",
+        "trainer.checkpoint_every=10",
+        "trainer.log_every=5",
+        "trainer.probe_classes=4",
+    ],
 }
 NONDETERMINISTIC = re.compile(r"(\S+) does not have a deterministic implementation")
 
 
 def overrides(mode: str, work: Path) -> list[str]:
     glyphs = GLYPHS[mode]
-    return ["trainer=gpu", "dataset=glyphs", f"dataset.image_size={glyphs['image_size']}",
-            f"dataset.build.n_classes={glyphs['n_classes']}", f"dataset.build.images_per_class={glyphs['images_per_class']}",
-            "loss=npair_mc", *SETTINGS[mode], "trainer.eval_every=0", "trainer.progress_bar=false",
-            "trainer.deterministic=true", "eval.kmeans_seeds=1", "logger=none", f"paths.root_dir={work}"]
+    return [
+        "trainer=gpu",
+        "dataset=glyphs",
+        f"dataset.image_size={glyphs['image_size']}",
+        f"dataset.build.n_classes={glyphs['n_classes']}",
+        f"dataset.build.images_per_class={glyphs['images_per_class']}",
+        "loss=npair_mc",
+        *SETTINGS[mode],
+        "trainer.eval_every=0",
+        "trainer.progress_bar=false",
+        "trainer.deterministic=true",
+        "eval.kmeans_seeds=1",
+        "logger=none",
+        f"paths.root_dir={work}",
+    ]
 
 
 def build_glyphs_once(mode: str, work: Path) -> None:
-    """Generate the glyphs into the runs' cache (paths.data_dir/glyphs) before the two runs start side by side."""
+    """Generate the glyphs into the runs' cache (paths.data_dir/glyphs) before the two runs start side by
+    side."""
     from npair.data.embedded import build_glyphs
 
     build_glyphs(work / "data" / "glyphs", **GLYPHS[mode], seed=0)
@@ -60,8 +89,9 @@ def build_glyphs_once(mode: str, work: Path) -> None:
 
 def start(cmd: list[str], log: Path, work: Path) -> tuple[subprocess.Popen, Any]:
     handle = open(log, "w")  # noqa: SIM115 (closed by finish())
-    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=npair_env(), cwd=work,
-                            start_new_session=True)  # its own process group: SIGKILL reaches the workers too
+    proc = subprocess.Popen(
+        cmd, stdout=handle, stderr=subprocess.STDOUT, env=npair_env(), cwd=work, start_new_session=True
+    )  # its own process group: SIGKILL reaches the workers too
     return proc, handle
 
 
@@ -104,10 +134,14 @@ def run(mode: str, work: Path, result: Result, budget_s: float) -> None:
     build_glyphs_once(mode, work)
     base = [sys.executable, "-m", "npair.train", *overrides(mode, work)]
     killed_dir, straight_dir = work / "resume_killed", work / "resume_straight"
-    result.figures["command"] = " ".join(["python -m npair.train", *overrides(mode, Path("<work>")),
-                                          "hydra.run.dir=<run dir>"])
+    result.figures["command"] = " ".join(
+        ["python -m npair.train", *overrides(mode, Path("<work>")), "hydra.run.dir=<run dir>"]
+    )
     logs = {name: work / f"resume_{name}.log" for name in ("straight", "killed", "resumed")}
-    commands = {"straight": [*base, f"hydra.run.dir={straight_dir}"], "killed": [*base, f"hydra.run.dir={killed_dir}"]}
+    commands = {
+        "straight": [*base, f"hydra.run.dir={straight_dir}"],
+        "killed": [*base, f"hydra.run.dir={killed_dir}"],
+    }
 
     started = time.monotonic()
     straight, straight_log = start(commands["straight"], logs["straight"], work)
@@ -119,8 +153,11 @@ def run(mode: str, work: Path, result: Result, budget_s: float) -> None:
         os.killpg(killed.pid, signal.SIGKILL)
     killed_rc = finish(killed, killed_log, deadline)
     echo_log(logs["killed"], commands["killed"], killed_rc)
-    if not result.check("run killed (SIGKILL) after its first checkpoint", killed_rc == -signal.SIGKILL
-                        and checkpoint.exists(), f"exit code {killed_rc}, checkpoint written: {checkpoint.exists()}"):
+    if not result.check(
+        "run killed (SIGKILL) after its first checkpoint",
+        killed_rc == -signal.SIGKILL and checkpoint.exists(),
+        f"exit code {killed_rc}, checkpoint written: {checkpoint.exists()}",
+    ):
         finish(straight, straight_log, time.monotonic())
         return
     from npair.checkpoint import load
@@ -132,8 +169,11 @@ def run(mode: str, work: Path, result: Result, budget_s: float) -> None:
     straight_rc = finish(straight, straight_log, deadline)
     echo_log(logs["straight"], commands["straight"], straight_rc)
     result.figures["wall_s"] = round(time.monotonic() - started, 1)
-    ok = result.check("uninterrupted and resumed runs exit 0", straight_rc == 0 and resumed_rc == 0,
-                      {"straight": straight_rc, "resumed": resumed_rc})
+    ok = result.check(
+        "uninterrupted and resumed runs exit 0",
+        straight_rc == 0 and resumed_rc == 0,
+        {"straight": straight_rc, "resumed": resumed_rc},
+    )
     text = logs["resumed"].read_text(errors="replace")
     result.check("the restart resumed from the checkpoint", "resuming" in text, f"killed at step {killed_at}")
     if not ok:
@@ -141,28 +181,51 @@ def run(mode: str, work: Path, result: Result, budget_s: float) -> None:
 
     a = json.loads((straight_dir / "metrics.json").read_text())
     b = json.loads((killed_dir / "metrics.json").read_text())
-    result.figures.update(device=a["device"], precision=a["precision"], killed_at_step=killed_at,
-                          steps=a.get("steps_done"), final_straight=a["final"],
-                          final_resumed=b["final"], images_per_s_straight=mean_rate(straight_dir))
-    result.check("the resumed run completed from the killed step",
-                 b["status"] == "completed" and b.get("resumed_from_step") == killed_at,
-                 {"status": b["status"], "resumed_from_step": b.get("resumed_from_step")})
+    result.figures.update(
+        device=a["device"],
+        precision=a["precision"],
+        killed_at_step=killed_at,
+        steps=a.get("steps_done"),
+        final_straight=a["final"],
+        final_resumed=b["final"],
+        images_per_s_straight=mean_rate(straight_dir),
+    )
+    result.check(
+        "the resumed run completed from the killed step",
+        b["status"] == "completed" and b.get("resumed_from_step") == killed_at,
+        {"status": b["status"], "resumed_from_step": b.get("resumed_from_step")},
+    )
     weights = model_diff(straight_dir / "checkpoint.pt", killed_dir / "checkpoint.pt")
     metric_diff = {k: abs(float(a["final"][k]) - float(b["final"].get(k, float("nan")))) for k in a["final"]}
     identical = a["final"] == b["final"] and a["history"] == b["history"] and weights["differing"] == 0
-    warned = sorted({m.group(1) for name in logs for m in NONDETERMINISTIC.finditer(
-        logs[name].read_text(errors="replace"))})
-    detail = {"identical": identical, "metric_abs_diff": metric_diff, "weights": weights,
-              "ops_without_deterministic_cuda_implementation": warned}
+    warned = sorted(
+        {
+            m.group(1)
+            for name in logs
+            for m in NONDETERMINISTIC.finditer(logs[name].read_text(errors="replace"))
+        }
+    )
+    detail = {
+        "identical": identical,
+        "metric_abs_diff": metric_diff,
+        "weights": weights,
+        "ops_without_deterministic_cuda_implementation": warned,
+    }
     result.figures["comparison"] = detail
     if identical:
-        result.check("resumed run identical to the uninterrupted one (metrics, history, weights)", True, detail)
+        result.check(
+            "resumed run identical to the uninterrupted one (metrics, history, weights)", True, detail
+        )
     elif mode == "gpu" and warned:
-        result.notes.append(f"not bit-identical on the GPU: torch has no deterministic CUDA implementation of "
-                            f"{', '.join(warned)}; largest final-metric difference {max(metric_diff.values()):.4g}")
+        result.notes.append(
+            f"not bit-identical on the GPU: torch has no deterministic CUDA implementation of "
+            f"{', '.join(warned)}; largest final-metric difference {max(metric_diff.values()):.4g}"
+        )
         result.check("resumed run identical where CUDA determinism allows", True, detail)
     else:
-        result.check("resumed run identical to the uninterrupted one (metrics, history, weights)", False, detail)
+        result.check(
+            "resumed run identical to the uninterrupted one (metrics, history, weights)", False, detail
+        )
 
 
 if __name__ == "__main__":

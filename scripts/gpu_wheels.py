@@ -1,21 +1,23 @@
-"""The wheel folder for the GPU check on a machine without network (scripts/gpu_check.sh), and its size budget.
+"""The wheel folder for the GPU check on a machine without network (scripts/gpu_check.sh), and its size
+budget.
 
 A GPU machine may have torch and torchvision (and numpy, scipy, scikit-learn, pillow, tqdm) but not the
 rest of what the check imports. On a machine with network, download those packages as wheels for the GPU
 machine's Python, place the folder in the checkout (``.whl/``, ignored by git) or beside it (``../wheels``),
 and copy the checkout over; the check installs, without network, the wheels whose package is missing there.
 
-    python scripts/gpu_wheels.py prepare                 # hydra-core, omegaconf, antlr4, PyYAML, PML, faiss-cpu -> .whl/
-    python scripts/gpu_wheels.py prepare --wandb         # ... and wandb with its dependencies
-    python scripts/gpu_wheels.py prepare --faiss none    # without faiss (the evaluator then uses torch alone)
-    python scripts/gpu_wheels.py size                    # what would travel: the checkout + .whl/ against 64 MiB
+    python scripts/gpu_wheels.py prepare               # hydra-core, omegaconf, antlr4, PyYAML, PML,
+                                                       # faiss-cpu -> .whl/
+    python scripts/gpu_wheels.py prepare --wandb       # ... and wandb with its dependencies
+    python scripts/gpu_wheels.py prepare --faiss none  # without faiss (the evaluator then uses torch alone)
+    python scripts/gpu_wheels.py size                  # what would travel: checkout + .whl/ against 64 MiB
     python scripts/gpu_wheels.py install --wheels .whl --target /tmp/site   # what gpu_check.py does
 
-``prepare`` runs ``pip download --no-deps --only-binary=:all:`` for the target platform (default CPython 3.12 on
-manylinux x86-64) and builds the one package that has no wheel on PyPI (antlr4-python3-runtime 4.9.3, pure
-Python) with ``pip wheel``; then it reports the sizes against the budget (``size``). faiss-gpu is not offered:
-faiss-gpu-cu12 needs CUDA 12's cuBLAS wheel, about 0.6 GB in all, far over the budget (and a CUDA 13 machine
-does not load it); the evaluator runs on the GPU through its torch backend without it.
+``prepare`` runs ``pip download --no-deps --only-binary=:all:`` for the target platform (default CPython
+3.12 on manylinux x86-64) and builds the one package that has no wheel on PyPI (antlr4-python3-runtime
+4.9.3, pure Python) with ``pip wheel``; then it reports the sizes against the budget (``size``). faiss-gpu
+is not offered: faiss-gpu-cu12 needs CUDA 12's cuBLAS wheel, about 0.6 GB in all, far over the budget (and
+a CUDA 13 machine does not load it); the evaluator runs on the GPU through its torch backend without it.
 """
 
 from __future__ import annotations
@@ -31,14 +33,26 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_BYTES = 64 * 2**20  # the largest copy of the checkout the GPU machine is given
-# The versions this checkout is tested with (the development environment's), each a wheel on PyPI except antlr4.
-PACKAGES = ["hydra-core==1.3.8", "omegaconf==2.3.1", "PyYAML==6.0.4", "packaging==26.4",
-            "pytorch-metric-learning==2.9.0", "tqdm==4.70.1"]
+# The versions this checkout is tested with (the development environment's), each a wheel on PyPI except
+# antlr4.
+PACKAGES = [
+    "hydra-core==1.3.8",
+    "omegaconf==2.3.1",
+    "PyYAML==6.0.4",
+    "packaging==26.4",
+    "pytorch-metric-learning==2.9.0",
+    "tqdm==4.70.1",
+]
 BUILT_LOCALLY = ["antlr4-python3-runtime==4.9.3"]  # omegaconf 2.3 needs 4.9.*; PyPI has only its sdist
 FAISS = {"cpu": ["faiss-cpu==1.15.1"], "none": []}
 WANDB = "wandb==0.31.0"  # with --wandb, downloaded with its dependencies (the check itself runs logger=none)
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64"]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+]
 WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
 
 
@@ -76,7 +90,8 @@ def find_wheels(folder: Path) -> list[Path]:
 
 
 def install(folder: Path, target: Path, timeout_s: float | None = None) -> dict[str, Any]:
-    """Install, without network, the wheels of ``folder`` whose package this interpreter lacks, into ``target``.
+    """Install, without network, the wheels of ``folder`` whose package this interpreter lacks, into
+    ``target``.
 
     Wheels of packages already installed are left out (the installed version wins: a wheel on PYTHONPATH
     would shadow it). Returns what was installed, what was left out and pip's exit code.
@@ -90,11 +105,30 @@ def install(folder: Path, target: Path, timeout_s: float | None = None) -> dict[
             present[name] = {"wheel": version, "installed": have}
         else:
             chosen.append(wheel)
-    report: dict[str, Any] = {"folder": str(folder), "target": str(target), "wheels": len(wheels),
-                              "installed": [w.name for w in chosen], "already_present": present, "pip_exit_code": 0}
+    report: dict[str, Any] = {
+        "folder": str(folder),
+        "target": str(target),
+        "wheels": len(wheels),
+        "installed": [w.name for w in chosen],
+        "already_present": present,
+        "pip_exit_code": 0,
+    }
     if chosen:
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-               "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, chosen)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--target",
+            str(target),
+            *map(str, chosen),
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -108,8 +142,12 @@ def install(folder: Path, target: Path, timeout_s: float | None = None) -> dict[
 def travelling_files(repo: Path) -> list[Path]:
     """What a copy of the checkout holds: git's tracked and untracked-not-ignored files (else every file)."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
-                             capture_output=True, check=True).stdout.decode()
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=repo,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
         return [repo / p for p in out.split("\0") if p and (repo / p).is_file()]
     except (OSError, subprocess.CalledProcessError):
         return [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
@@ -124,39 +162,67 @@ def budget(repo: Path, wheels: Path) -> dict[str, Any]:
     rows = [{"wheel": w.name, "bytes": w.stat().st_size} for w in found]
     extra = sum(w.stat().st_size for w in found if w.resolve() not in files)
     total = checkout + extra
-    return {"checkout_bytes": checkout, "wheel_bytes": sum(r["bytes"] for r in rows), "total_bytes": total,
-            "budget_bytes": BUDGET_BYTES, "fits": total <= BUDGET_BYTES, "wheels": rows}
+    return {
+        "checkout_bytes": checkout,
+        "wheel_bytes": sum(r["bytes"] for r in rows),
+        "total_bytes": total,
+        "budget_bytes": BUDGET_BYTES,
+        "fits": total <= BUDGET_BYTES,
+        "wheels": rows,
+    }
 
 
 def print_budget(report: dict[str, Any]) -> None:
     mib = 2**20
     for row in report["wheels"]:
         print(f"{row['bytes'] / mib:9.2f} MiB  {row['wheel']}")
-    print(f"{report['wheel_bytes'] / mib:9.2f} MiB  wheels\n{report['checkout_bytes'] / mib:9.2f} MiB  checkout files\n"
-          f"{report['total_bytes'] / mib:9.2f} MiB  in all, budget {report['budget_bytes'] / mib:.0f} MiB: "
-          f"{'fits' if report['fits'] else 'DOES NOT FIT'}")
+    print(
+        f"{report['wheel_bytes'] / mib:9.2f} MiB  wheels\n"
+        f"{report['checkout_bytes'] / mib:9.2f} MiB  checkout files\n"
+        f"{report['total_bytes'] / mib:9.2f} MiB  in all, budget {report['budget_bytes'] / mib:.0f} MiB: "
+        f"{'fits' if report['fits'] else 'DOES NOT FIT'}"
+    )
 
 
 # ------------------------------------------------------------------------------------------ prepare
 def pip_download(specs: list[str], dest: Path, python_version: str, deps: bool) -> None:
     platform_args = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--python-version", python_version,
-           "--implementation", "cp", *platform_args, "-d", str(dest), *([] if deps else ["--no-deps"]), *specs]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        *platform_args,
+        "-d",
+        str(dest),
+        *([] if deps else ["--no-deps"]),
+        *specs,
+    ]
     subprocess.run(cmd, check=True)
 
 
 def prepare(dest: Path, faiss: str, wandb: bool, python_version: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     pip_download([*PACKAGES, *FAISS[faiss]], dest, python_version, deps=False)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), *BUILT_LOCALLY],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), *BUILT_LOCALLY],
+        check=True,
+    )
     if wandb:
         pip_download([WANDB], dest, python_version, deps=True)
     find_wheels(dest)  # one version of each package
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="download the wheels, then report the size budget")
     p.add_argument("--dest", type=Path, default=REPO / ".whl")

@@ -38,8 +38,8 @@ OLD_TO_NEW = {
     "datasets": "docs/datasets.md",
     "metrics-and-anchors": "docs/metrics.md",
 }
-# A document name with any leading path (``/work/shared/reference/``, ``reference/``, ``shared/``), not already
-# under docs/. The name must not continue a longer word (``my_paper.md``) or path segment.
+# A document name with any leading path (``/work/shared/reference/``, ``reference/``, ``shared/``), not
+# already under docs/. The name must not continue a longer word (``my_paper.md``) or path segment.
 OLD_DOC = re.compile(
     r"(?<![\w.-])(?P<prefix>/?(?:[\w.-]+/)*)(?P<name>metrics-and-anchors|paper|DESIGN|datasets)\.md\b"
 )
@@ -75,7 +75,8 @@ def candidate_files(repo: Path = REPO) -> list[Path]:
 
 
 def lengthened_lines(old: str, new: str) -> list[int]:
-    """1-based numbers of the lines the rewrite pushed over LINE_LENGTH (rewrites never add or remove lines)."""
+    """1-based numbers of the lines the rewrite pushed over LINE_LENGTH (rewrites never add or remove
+    lines)."""
     return [
         number
         for number, (before, after) in enumerate(zip(old.splitlines(), new.splitlines()), start=1)
@@ -84,7 +85,9 @@ def lengthened_lines(old: str, new: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="report files that would change; write nothing")
     args = parser.parse_args(argv)
     changed, too_long = [], []

@@ -46,8 +46,15 @@ def compose_config(overrides: list[str] | None = None, tmp_path: Path | None = N
 def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m <args>`` from ``cwd`` as a user would; W&B stays offline in tests."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 # The paper's CUB-200 Recall@K of 60-pair-mc (Table 2c), the reference row of the tiny table.

@@ -14,8 +14,8 @@ import torch
 from npair import checkpoint as ckpt
 from npair.build import UntrustedConfigError, evaluate_model, load_run, make
 from npair.evaluate import main as evaluate_main
-from npair.plots import embedding_projection
 from npair.evaluation.keys import canonical_key
+from npair.plots import embedding_projection
 from npair.runio import CHECKPOINT_FILE, REEVAL_DIR
 from npair.tables import Row, compose_run, evaluate_again, run_dir_of
 from npair.train import run
@@ -41,16 +41,18 @@ def test_a_run_loads_as_it_was_trained(tmp_path: Path) -> None:
     assert loaded.step == state["step"] == 4 and loaded.checkpoint == tmp_path / "run" / CHECKPOINT_FILE
     assert loaded.cfg.name == "npair_mc-glyphs" and not loaded.model.training
     assert all(torch.equal(v, state["model"][k]) for k, v in loaded.model.state_dict().items())
-    metrics = evaluate_model(loaded.model, loaded.loss_fn, loaded.splits, make(loaded.cfg.eval), loaded.cfg,
-                             torch.device("cpu"))
+    metrics = evaluate_model(
+        loaded.model, loaded.loss_fn, loaded.splits, make(loaded.cfg.eval), loaded.cfg, torch.device("cpu")
+    )
     assert metrics == pytest.approx(final, abs=1e-9)
 
 
 def test_a_checkpoint_written_by_commit_212a68e_loads_and_evaluates_as_recorded(tmp_path: Path) -> None:
     loaded = load_run(FIXTURE, data_dir=tmp_path / "data")  # its config records ./data: the glyphs go here
     assert loaded.step == 4 and str(loaded.cfg.dataset.root) == str(tmp_path / "data" / "glyphs")
-    metrics = evaluate_model(loaded.model, loaded.loss_fn, loaded.splits, make(loaded.cfg.eval), loaded.cfg,
-                             torch.device("cpu"))
+    metrics = evaluate_model(
+        loaded.model, loaded.loss_fn, loaded.splits, make(loaded.cfg.eval), loaded.cfg, torch.device("cpu")
+    )
     recorded = json.loads((FIXTURE / "metrics.json").read_text())["final"]
     recorded = {canonical_key(key): value for key, value in recorded.items()}  # it predates the spread names
     assert metrics == pytest.approx(recorded, abs=1e-6)
@@ -60,8 +62,11 @@ def test_missing_and_foreign_checkpoints_fail_naming_the_file(tmp_path: Path) ->
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path / CHECKPOINT_FILE}: no checkpoint"):
         load_run(tmp_path)
     torch.save({"model": {}}, tmp_path / CHECKPOINT_FILE)  # a bare state_dict file, no npair format
-    with pytest.raises(ckpt.CheckpointError, match=r"is not a resumable npair training checkpoint .*pass the "
-                                                   r"checkpoint.pt of an npair training run"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"is not a resumable npair training checkpoint .*pass the "
+        r"checkpoint.pt of an npair training run",
+    ):
         load_run(tmp_path)
 
 
@@ -95,8 +100,10 @@ def test_a_re_evaluated_row_evaluates_the_final_checkpoint_under_its_overrides(s
     for row in (same, other):
         evaluate_again(root, row, 0, overrides)
     run_dir = run_dir_of(root, "smoke/npair_mc", 0)
-    records = {row.label: json.loads((run_dir / REEVAL_DIR / f"{row.eval_slug}.json").read_text())
-               for row in (same, other)}
+    records = {
+        row.label: json.loads((run_dir / REEVAL_DIR / f"{row.eval_slug}.json").read_text())
+        for row in (same, other)
+    }
     assert records["cosine"]["final"] == pytest.approx(final, abs=1e-9)  # the run's own evaluation, again
     assert records["euclidean"]["similarity"] == "euclidean" and records["euclidean"]["step"] == 4
     assert set(records["euclidean"]["final"]) == set(final)
@@ -131,8 +138,10 @@ def test_a_stored_config_instantiates_only_npair_and_torch_optim_targets(smoke_r
     shutil.copytree(run_dir_of(root, "smoke/npair_mc", 0), run_dir)
     made = tmp_path / "made_by_the_config"
     _with_a_target(run_dir, "dataset.build", "os.makedirs", name=str(made))
-    refused = (rf"{run_dir / CHECKPOINT_FILE}: its config would instantiate code outside npair and "
-               r"torch.optim \(dataset.build._target_: 'os.makedirs'\).*pass --trust-config")
+    refused = (
+        rf"{run_dir / CHECKPOINT_FILE}: its config would instantiate code outside npair and "
+        r"torch.optim \(dataset.build._target_: 'os.makedirs'\).*pass --trust-config"
+    )
     with pytest.raises(UntrustedConfigError, match=refused):
         evaluate_main(["--run", str(run_dir)])
     with pytest.raises(UntrustedConfigError, match=refused):

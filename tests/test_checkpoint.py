@@ -23,29 +23,46 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run_212a68e"
 
 def test_everything_a_run_checkpoints_loads_with_weights_only(tmp_path: Path) -> None:
     # hard negative class mining and a softmax classifier: the samplers and losses with the most state
-    for name, overrides in {"mining": ["sampler=npair_hard_class", "sampler.n_candidates=8"],
-                            "softmax": ["loss=softmax", "sampler.n_classes=4"]}.items():
+    for name, overrides in {
+        "mining": ["sampler=npair_hard_class", "sampler.n_candidates=8"],
+        "softmax": ["loss=softmax", "sampler.n_classes=4"],
+    }.items():
         base = [o for o in TINY if not o.startswith("sampler.")] if name == "softmax" else TINY
         run(compose_config([*base, *overrides, "trainer.max_steps=3"], tmp_path), tmp_path / name)
         path = tmp_path / name / CHECKPOINT_FILE
         state = torch.load(path, map_location="cpu", weights_only=True)
-        assert list(state) == ["format", "version", *ckpt.REQUIRED[:7], "step", "history", "elapsed_s",
-                               "skipped_at_load", "config", "config_hash", "rng"]
+        assert list(state) == [
+            "format",
+            "version",
+            *ckpt.REQUIRED[:7],
+            "step",
+            "history",
+            "elapsed_s",
+            "skipped_at_load",
+            "config",
+            "config_hash",
+            "rng",
+        ]
         (rng,) = state["rng"]  # one rank
         assert isinstance(rng["numpy"]["keys"], torch.Tensor) and rng["numpy"]["keys"].shape == (624,)
         assert isinstance(rng["python"][1], tuple) and isinstance(rng["torch"], torch.Tensor)
         assert state["history"] == json.loads((tmp_path / name / "metrics.json").read_text())["history"]
-        assert state["step"] == 3 and state["config"]["loss"]["name"] == ("softmax" if name == "softmax" else
-                                                                         "npair_mc")
+        assert state["step"] == 3 and state["config"]["loss"]["name"] == (
+            "softmax" if name == "softmax" else "npair_mc"
+        )
         assert ckpt.load(path)["step"] == 3  # and so does the validating reader
 
 
 def test_numpy_values_in_a_state_or_the_history_are_stored_in_weights_only_types(tmp_path: Path) -> None:
     bn = torch.nn.BatchNorm2d(3).state_dict()  # a state_dict carries _metadata: it must pass unchanged
     state = {key: {} for key in ckpt.REQUIRED if key != "rng"}
-    state.update(model=bn, step=7, config={"seed": 0},
-                 sampler={"order": np.arange(5), "epoch": np.int64(2), "pairs": [(1, np.float32(0.5))]},
-                 history=[{"step": 7, "recall@1": np.float64(0.25)}])
+    state.update(
+        model=bn,
+        step=7,
+        config={"seed": 0},
+        sampler={"order": np.arange(5), "epoch": np.int64(2), "pairs": [(1, np.float32(0.5))]},
+        history=[{"step": 7, "recall@1": np.float64(0.25)}],
+    )
     path = tmp_path / CHECKPOINT_FILE
     ckpt.save(path, state, [ckpt.capture_rng()])
     loaded = ckpt.load(path)  # weights_only=True

@@ -15,15 +15,26 @@ from npair.tables import parse_args
 from tests.helpers import CONFIG_DIR, REPO
 
 TABLES = {p.stem for p in (CONFIG_DIR / "table").glob("*.yaml")}
-EXPERIMENTS = {p.relative_to(CONFIG_DIR / "experiment").with_suffix("").as_posix()
-               for p in (CONFIG_DIR / "experiment").rglob("*.yaml")}
+EXPERIMENTS = {
+    p.relative_to(CONFIG_DIR / "experiment").with_suffix("").as_posix()
+    for p in (CONFIG_DIR / "experiment").rglob("*.yaml")
+}
 # `TABLE=mini`, `TABLE=table2_sop`; `experiment=mini_table2/npair_mc` or a sweep `experiment=x/a,x/b`.
 # Placeholders (`TABLE=<name>`, `experiment=<table>/<row>`, `experiment=...`, `TABLE=$(TABLE)`, f-string
 # fields) and Python keyword arguments (`experiment=str(...)`) do not match.
 TABLE_EXAMPLE = re.compile(r"\bTABLE=([A-Za-z0-9_]+)")
 EXPERIMENT_EXAMPLE = re.compile(r"\bexperiment=([A-Za-z0-9_][A-Za-z0-9_./,-]*)(?![A-Za-z0-9_./,(-])")
-SOURCES = ["README.md", "CONTRIBUTING.md", "Makefile", "docs/*.md", "configs/**/*.yaml", "src/**/*.py",
-           "scripts/*", "notebooks/*.ipynb", ".ci/*"]
+SOURCES = [
+    "README.md",
+    "CONTRIBUTING.md",
+    "Makefile",
+    "docs/*.md",
+    "configs/**/*.yaml",
+    "src/**/*.py",
+    "scripts/*",
+    "notebooks/*.ipynb",
+    ".ci/*",
+]
 
 
 def example_files() -> list[Path]:
@@ -67,14 +78,32 @@ def test_table_overrides_are_accepted_after_options() -> None:
 
 def test_training_help_lists_the_training_groups_and_not_the_table_specs(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "npair.train", "--help"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "npair.train", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    groups = dict(line.split(": ", 1) for line in result.stdout.splitlines()
-                  if re.fullmatch(r"[a-z_/0-9]+: .+", line) and not line.startswith(" "))
+    groups = dict(
+        line.split(": ", 1)
+        for line in result.stdout.splitlines()
+        if re.fullmatch(r"[a-z_/0-9]+: .+", line) and not line.startswith(" ")
+    )
     assert "table" not in groups
-    training = {"backbone", "dataset", "eval", "logger", "loss", "optimizer", "sampler", "scheduler",
-                "trainer"}
+    training = {
+        "backbone",
+        "dataset",
+        "eval",
+        "logger",
+        "loss",
+        "optimizer",
+        "sampler",
+        "scheduler",
+        "trainer",
+    }
     assert training <= set(groups)
     assert "npair_mc" in groups["loss"].split(", ") and "triplet" in groups["sampler"].split(", ")
     assert "--debug" in result.stdout and "name: ${loss.name}-${dataset.name}" in result.stdout
@@ -83,6 +112,12 @@ def test_training_help_lists_the_training_groups_and_not_the_table_specs(tmp_pat
 @pytest.mark.parametrize("module", ["npair.tables", "npair.evaluate", "npair.plots", "npair.data.download"])
 def test_each_command_line_offers_debug(module: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0 and "--debug" in result.stdout, result.stderr[-2000:]

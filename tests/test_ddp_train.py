@@ -27,10 +27,17 @@ OVERRIDES = [*TINY, "optimizer=sgd", "trainer.threads=1"]
 def torchrun(args: list[str], cwd: Path, timeout: float = 300, nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "TMPDIR": str(cwd / "scratch")}
     (cwd / "scratch").mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-           "npair.train", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "npair.train",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -40,15 +47,25 @@ def _losses(run_dir: Path) -> list[float]:
 
 @pytest.mark.parametrize("loss", ["npair_mc", pytest.param("triplet", marks=pytest.mark.slow)])
 def test_two_gloo_ranks_train_the_same_model_as_one_process(tmp_path: Path, loss: str) -> None:
-    overrides = OVERRIDES if loss == "npair_mc" else [
-        *[o for o in OVERRIDES if not o.startswith("sampler.")], "loss=triplet", "sampler.n_triplets=4"]
+    overrides = (
+        OVERRIDES
+        if loss == "npair_mc"
+        else [*[o for o in OVERRIDES if not o.startswith("sampler.")], "loss=triplet", "sampler.n_triplets=4"]
+    )
     result = torchrun(["trainer=ddp", *overrides, f"paths.root_dir={tmp_path}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     runs = list((tmp_path / "outputs" / "runs").glob("*/*"))
     assert len(runs) == 1, runs  # rank 1 made no run directory of its own
     ddp_dir = runs[0]
-    assert {p.name for p in ddp_dir.iterdir()} == {".hydra", "config.yaml", "metrics.json", "checkpoint.pt",
-                                                   "train_log.csv", "train.log", LOCK_FILE}
+    assert {p.name for p in ddp_dir.iterdir()} == {
+        ".hydra",
+        "config.yaml",
+        "metrics.json",
+        "checkpoint.pt",
+        "train_log.csv",
+        "train.log",
+        LOCK_FILE,
+    }
     scratch = list((tmp_path / "scratch").glob("npair-rank1-*"))  # rank 1's Hydra directory: outside outputs/
     assert len(scratch) == 1 and not any(scratch[0].iterdir())  # ... and empty
 
@@ -75,8 +92,17 @@ def test_two_gloo_ranks_train_the_same_model_as_one_process(tmp_path: Path, loss
 
 def test_trainer_ddp_under_torchrun_joins_the_process_group_even_with_one_process(tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp1"
-    result = torchrun(["trainer=ddp", "trainer.device=cpu", *OVERRIDES, f"paths.root_dir={tmp_path}",
-                       f"hydra.run.dir={run_dir}"], cwd=tmp_path, nproc=1)
+    result = torchrun(
+        [
+            "trainer=ddp",
+            "trainer.device=cpu",
+            *OVERRIDES,
+            f"paths.root_dir={tmp_path}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        nproc=1,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "trainer=ddp in a single process" not in result.stdout + result.stderr
     record = json.loads((run_dir / "metrics.json").read_text())

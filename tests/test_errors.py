@@ -43,18 +43,21 @@ def no_traceback(text: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- the helper
-@pytest.mark.parametrize("err, user", [
-    (ValueError("sampler.n_classes=9 is larger than ..."), True),
-    (FileNotFoundError("x.npy: no such file"), True),
-    (CheckpointError("checkpoint x is unreadable"), True),
-    (MissingCredentials("needs credentials"), True),
-    (ConfigKeyError("Key 'max_stepz' is not in struct"), True),
-    (errors.UserError("bad"), True),
-    (TypeError("unsupported operand"), False),
-    (AttributeError("no attribute"), False),
-    (KeyError("k"), False),
-    (RuntimeError("CUDA error: device-side assert"), False),
-])
+@pytest.mark.parametrize(
+    "err, user",
+    [
+        (ValueError("sampler.n_classes=9 is larger than ..."), True),
+        (FileNotFoundError("x.npy: no such file"), True),
+        (CheckpointError("checkpoint x is unreadable"), True),
+        (MissingCredentials("needs credentials"), True),
+        (ConfigKeyError("Key 'max_stepz' is not in struct"), True),
+        (errors.UserError("bad"), True),
+        (TypeError("unsupported operand"), False),
+        (AttributeError("no attribute"), False),
+        (KeyError("k"), False),
+        (RuntimeError("CUDA error: device-side assert"), False),
+    ],
+)
 def test_user_mistakes_are_told_from_bugs(err: Exception, user: bool) -> None:
     assert errors.is_user_error(err) is user
 
@@ -140,9 +143,9 @@ CASES = ["evaluate", "evaluate_recognition", "tables", "tables_wandb", "plots", 
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_each_command_line_reports_a_mistake_in_one_message(case: str, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_command_line_reports_a_mistake_in_one_message(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with W&B credentials
@@ -150,14 +153,29 @@ def test_each_command_line_reports_a_mistake_in_one_message(case: str, tmp_path:
     np.save(tmp_path / "l.npy", np.arange(40) % 4)
     (tmp_path / "a_file").write_text("")
     main, argv, message = {
-        "evaluate": (evaluate_main, ["--embeddings", str(tmp_path / "nope.npy"), "--labels", "l.npy"],
-                     "--embeddings: no such file"),
-        "evaluate_recognition": (evaluate_main, ["--embeddings", str(tmp_path / "e.npy"), "--labels",
-                                                 str(tmp_path / "l.npy"), "--eval", "recognition"],
-                                 "pass them with --reference-embeddings FILE"),
+        "evaluate": (
+            evaluate_main,
+            ["--embeddings", str(tmp_path / "nope.npy"), "--labels", "l.npy"],
+            "--embeddings: no such file",
+        ),
+        "evaluate_recognition": (
+            evaluate_main,
+            [
+                "--embeddings",
+                str(tmp_path / "e.npy"),
+                "--labels",
+                str(tmp_path / "l.npy"),
+                "--eval",
+                "recognition",
+            ],
+            "pass them with --reference-embeddings FILE",
+        ),
         "tables": (tables_main, ["TABLE=no_such_table"], "Known tables: "),
-        "tables_wandb": (tables_main, ["TABLE=mini_table2", "source=wandb", "project=p", "--outputs",
-                                       str(tmp_path)], "needs credentials: set WANDB_API_KEY"),
+        "tables_wandb": (
+            tables_main,
+            ["TABLE=mini_table2", "source=wandb", "project=p", "--outputs", str(tmp_path)],
+            "needs credentials: set WANDB_API_KEY",
+        ),
         "plots": (plots_main, ["table", str(tmp_path / "nope.csv")], "no table CSV"),
         "download": (download_main, ["lfw", "--root", str(tmp_path / "a_file")], "is a file; name the"),
     }[case]
@@ -174,13 +192,22 @@ def test_each_command_line_reports_a_mistake_in_one_message(case: str, tmp_path:
 def test_training_reports_a_mistake_in_one_message_and_debug_shows_the_traceback(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != errors.DEBUG_ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "npair.train", "dataset=digits", "sampler.n_classes=50", "logger=none",
-               f"paths.root_dir={tmp_path}", "trainer.max_steps=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "npair.train",
+        "dataset=digits",
+        "sampler.n_classes=50",
+        "logger=none",
+        f"paths.root_dir={tmp_path}",
+        "trainer.max_steps=2",
+    ]
     plain = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert plain.returncode == 1
     assert "error: sampler.n_classes=50 (N classes per batch) is larger than the 10 classes" in plain.stderr
     assert no_traceback(plain.stdout + plain.stderr), plain.stderr[-3000:]
-    debug = subprocess.run([*command, "--debug"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=300)
+    debug = subprocess.run(
+        [*command, "--debug"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr and "check_sampler_fits_data" in debug.stderr

@@ -28,8 +28,9 @@ from tests.helpers import CONFIG_DIR
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 TABLE_DIR = CONFIG_DIR / "table"
-EXPERIMENTS = sorted(p.relative_to(EXPERIMENT_DIR).with_suffix("").as_posix()
-                     for p in EXPERIMENT_DIR.rglob("*.yaml"))
+EXPERIMENTS = sorted(
+    p.relative_to(EXPERIMENT_DIR).with_suffix("").as_posix() for p in EXPERIMENT_DIR.rglob("*.yaml")
+)
 SPEC_FILES = sorted(p.stem for p in TABLE_DIR.glob("*.yaml"))
 LAPTOP_PREFIXES = ("mini", "ablation", "smoke", "claim_check")  # embedded data; every other spec: full scale
 
@@ -100,8 +101,11 @@ def expected_loss_and_sampler(label: str) -> tuple[str, str]:
         return "npair_mc", "npair"
     if m := re.fullmatch(r"\d+-pair-(mc|ovo)(-nm)?", label):
         return f"npair_{m.group(1)}", "npair_hard_class" if m.group(2) else "npair"
-    return {"triplet": ("triplet", "triplet"), "triplet-nm": ("triplet_nm", "npair"),
-            "softmax": ("softmax", "npair")}[label]
+    return {
+        "triplet": ("triplet", "triplet"),
+        "triplet-nm": ("triplet_nm", "npair"),
+        "softmax": ("softmax", "npair"),
+    }[label]
 
 
 # ------------------------------------------------------------------------------------------ experiments
@@ -118,7 +122,8 @@ def test_experiment_composes_with_its_path_as_name_and_matching_layouts(experime
     sampler_layout = get_class(cfg.sampler._target_).layout
     assert loss_layout in ("any", sampler_layout), (
         f"{experiment}: loss {cfg.loss.name} reads {loss_layout!r} batches, sampler {cfg.sampler.name} makes "
-        f"{sampler_layout!r}")
+        f"{sampler_layout!r}"
+    )
     if getattr(get_class(cfg.loss._target_), "layout", None) == "class_blocks":
         assert int(cfg.sampler.n_per_class) >= 2
     validate_settings(cfg)  # every setting within its range (npair.guards.SETTINGS)
@@ -151,8 +156,9 @@ def test_full_table_rows_train_the_papers_batch_loss_and_setup(table: str) -> No
         if evaluation == "retrieval":
             assert list(cfg.eval.ks) == [1, 2, 4, 8], where
         # every row of a table: the same optimiser, schedule and number of steps
-        schedules.add((cfg.optimizer.name, float(cfg.optimizer.lr), cfg.scheduler.name,
-                       int(cfg.trainer.max_steps)))
+        schedules.add(
+            (cfg.optimizer.name, float(cfg.optimizer.lr), cfg.scheduler.name, int(cfg.trainer.max_steps))
+        )
     assert len(schedules) == 1, f"{table}: rows differ in optimiser/schedule/steps: {schedules}"
 
 
@@ -174,7 +180,8 @@ def test_table_spec_loads_and_its_rows_exist(name: str) -> None:
         assert len(set(labels)) == len(labels) and len(set(keys)) == len(keys), table
         for row in spec.rows:
             assert row.experiment in EXPERIMENTS, (
-                f"{table} / {row.label}: no configs/experiment/{row.experiment}.yaml")
+                f"{table} / {row.label}: no configs/experiment/{row.experiment}.yaml"
+            )
             assert set(row.paper) <= set(keys), f"{table} / {row.label}: paper numbers for unknown metrics"
         if spec.curves:
             assert set(spec.curves["rows"]) <= set(labels), table
@@ -202,8 +209,15 @@ def test_full_tables_carry_the_papers_numbers() -> None:
 # ------------------------------------------------------------------------------------------ the runner
 def run_tables(args: list[str], root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "NPAIR_ROOT": str(root), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", "npair.tables", *args], check=False, cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "npair.tables", *args],
+        check=False,
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_dry_run_lists_every_run_with_its_resolved_config_without_data(tmp_path: Path) -> None:

@@ -20,19 +20,32 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run_212a68e"  # writte
 
 def test_paths_and_cosmetic_keys_are_not_part_of_a_run(tmp_path: Path) -> None:
     base = compose_config(TINY, tmp_path)
-    same = [f"paths.root_dir={tmp_path / 'elsewhere'}", "name=renamed", "tags=[x]", "logger=wandb",
-            "trainer.progress_bar=true", "trainer.log_every=3", "trainer.num_workers=2", "trainer.threads=1",
-            "trainer.checkpoint_every=7", "trainer.eval_batch_size=16", "trainer.resume=never"]
+    same = [
+        f"paths.root_dir={tmp_path / 'elsewhere'}",
+        "name=renamed",
+        "tags=[x]",
+        "logger=wandb",
+        "trainer.progress_bar=true",
+        "trainer.log_every=3",
+        "trainer.num_workers=2",
+        "trainer.threads=1",
+        "trainer.checkpoint_every=7",
+        "trainer.eval_batch_size=16",
+        "trainer.resume=never",
+    ]
     for override in same:
         other = compose_config([*TINY, override], tmp_path)
         assert identity.config_hash(other) == identity.config_hash(base), override
         assert identity.differences(base, other) == [], override
     assert identity.identity(base)["dataset"]["root"] == "${paths.data_dir}/glyphs"  # symbolic, not resolved
     # what a run computes is part of it, the seed included (but not in the group hash)
-    for override, keys in [("trainer.max_steps=5", ["trainer.max_steps"]), ("seed=1", ["seed"]),
-                           ("loss.reg_weight=0.5", ["loss.reg_weight"]),
-                           ("dataset.build.n_classes=22", ["dataset.build.n_classes"]),
-                           ("dataset.root=/somewhere/else", ["dataset.build.root", "dataset.root"])]:
+    for override, keys in [
+        ("trainer.max_steps=5", ["trainer.max_steps"]),
+        ("seed=1", ["seed"]),
+        ("loss.reg_weight=0.5", ["loss.reg_weight"]),
+        ("dataset.build.n_classes=22", ["dataset.build.n_classes"]),
+        ("dataset.root=/somewhere/else", ["dataset.build.root", "dataset.root"]),
+    ]:
         other = compose_config([*TINY, override], tmp_path)
         assert identity.config_hash(other) != identity.config_hash(base), override
         assert [d.split(":")[0] for d in identity.differences(base, other)] == keys, override
@@ -62,7 +75,8 @@ def test_a_metrics_json_that_does_not_belong_to_its_config_yaml_is_named(tmp_pat
     forged = {**record, "config_hash": "0123456789abcdef"}
     expected = record["config_hash"]
     assert identity.record_problem(run_dir, forged) == (
-        f"its metrics.json says config_hash 0123456789abcdef but its config.yaml hashes to {expected}")
+        f"its metrics.json says config_hash 0123456789abcdef but its config.yaml hashes to {expected}"
+    )
     (run_dir / CONFIG_FILE).unlink()
     assert "no config.yaml" in identity.record_problem(run_dir, record)
 
@@ -73,8 +87,12 @@ def three_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     and 20-step runs, in miniature), and a second seed of the first."""
     base = tmp_path_factory.mktemp("three")
     fast = [*TINY, "trainer.eval_every=0", "name=demo/npair_mc"]
-    runs = {"a0": fast, "a1": [*fast, "seed=1"], "b0": [*fast, "sampler.n_classes=3"],
-            "c0": [*fast, "trainer.max_steps=3"]}
+    runs = {
+        "a0": fast,
+        "a1": [*fast, "seed=1"],
+        "b0": [*fast, "sampler.n_classes=3"],
+        "c0": [*fast, "trainer.max_steps=3"],
+    }
     out = {}
     for key, overrides in runs.items():
         out[key] = base / "runs" / "demo" / key
@@ -88,14 +106,18 @@ def test_runs_of_different_configs_are_never_one_group(three_configs: dict[str, 
     assert sorted(groups.values()) == sorted([[a0, a1], [b0], [c0]])  # seeds of one config together
     assert {name for name, _ in groups} == {"demo/npair_mc"}
     assert identity.require_one_setting("demo", [a0, a1]) == identity.run_group_hash(a0)
-    with pytest.raises(ValueError, match=r"demo: these runs are different configurations, not seeds of one: "
-                                         rf".*{a0} \(\w+\), .*{b0} \(\w+\), .*{c0} \(\w+\).*differ in "
-                                         r"sampler.n_classes: 4 -> 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"demo: these runs are different configurations, not seeds of one: "
+        rf".*{a0} \(\w+\), .*{b0} \(\w+\), .*{c0} \(\w+\).*differ in "
+        r"sampler.n_classes: 4 -> 3",
+    ):
         identity.require_one_setting("demo", [a0, b0, c0])
 
 
-def test_training_curves_refuse_to_average_different_configs(three_configs: dict[str, Path],
-                                                              tmp_path: Path) -> None:
+def test_training_curves_refuse_to_average_different_configs(
+    three_configs: dict[str, Path], tmp_path: Path
+) -> None:
     from npair.plots import training_curves
 
     with pytest.raises(ValueError, match=r"label 'npair_mc': these runs are different configurations"):
@@ -119,9 +141,12 @@ def test_a_table_row_mixing_configs_is_an_error_naming_them(three_configs: dict[
         record = json.loads((target / METRICS_FILE).read_text())
         record.update(identity.hashes(identity.stored_config(target)))
         (target / METRICS_FILE).write_text(json.dumps(record))
-    spec = TableSpec(name="t", title="T", seeds=[0, 1], metrics=[{"key": "recall@1"}],
-                     rows=[Row("mc", "demo/row")])
-    mixed = (r"table t, row 'mc' \(demo/row\): its runs are different configurations, not seeds of one "
-             r"\(seed 0: \w{16}, seed 1: \w{16}\)")
+    spec = TableSpec(
+        name="t", title="T", seeds=[0, 1], metrics=[{"key": "recall@1"}], rows=[Row("mc", "demo/row")]
+    )
+    mixed = (
+        r"table t, row 'mc' \(demo/row\): its runs are different configurations, not seeds of one "
+        r"\(seed 0: \w{16}, seed 1: \w{16}\)"
+    )
     with pytest.raises(ValueError, match=mixed):
         collect(spec, root)

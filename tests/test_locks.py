@@ -24,8 +24,9 @@ time.sleep(float(sys.argv[2]))
 
 
 def _holder_process(path: Path, seconds: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -75,9 +76,20 @@ def test_npair_train_waits_for_the_process_training_into_its_run_directory(tmp_p
     log = tmp_path / "train.log"
     env = {**os.environ, "WANDB_MODE": "offline"}
     with open(log, "w") as out:
-        train = subprocess.Popen([sys.executable, "-m", "npair.train", *TINY, f"paths.root_dir={tmp_path}",
-                                  f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=out,
-                                 stderr=subprocess.STDOUT)
+        train = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "npair.train",
+                *TINY,
+                f"paths.root_dir={tmp_path}",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.time() + 120
         waiting = f"{run_dir} is in use by process {os.getpid()} on"

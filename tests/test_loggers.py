@@ -184,8 +184,13 @@ def test_a_resumed_run_continues_its_wandb_run_and_hints_one_sync_once(
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
-    overrides = [*[o for o in TINY if o not in ("logger=none", "trainer.max_steps=4")], "logger=wandb",
-                 "trainer.max_steps=5", "trainer.probe_classes=0", "name=t/resume"]
+    overrides = [
+        *[o for o in TINY if o not in ("logger=none", "trainer.max_steps=4")],
+        "logger=wandb",
+        "trainer.max_steps=5",
+        "trainer.probe_classes=0",
+        "name=t/resume",
+    ]
     real_accuracy, calls = npair.train.batch_accuracy, []
 
     def stop_at_step_3(*args, **kwargs):  # called once per logged step: SIGTERM, as SLURM sends it
@@ -225,15 +230,25 @@ def test_wandb_online_without_network_stops_within_its_timeout_and_records_it(tm
     import time
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(WANDB_API_KEY="k" * 40, WANDB_BASE_URL="http://127.0.0.1:9", HOME=str(tmp_path),
-               WANDB_SILENT="true")  # a key, but the server cannot be reached (port 9: nothing listens)
+    env.update(
+        WANDB_API_KEY="k" * 40, WANDB_BASE_URL="http://127.0.0.1:9", HOME=str(tmp_path), WANDB_SILENT="true"
+    )  # a key, but the server cannot be reached (port 9: nothing listens)
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "npair.train", *[o for o in TINY if o != "logger=none"], "logger=wandb",
-               "logger.mode=online", "logger.init_timeout_s=3", f"paths.root_dir={tmp_path}",
-               f"hydra.run.dir={run_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "npair.train",
+        *[o for o in TINY if o != "logger=none"],
+        "logger=wandb",
+        "logger.mode=online",
+        "logger.init_timeout_s=3",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={run_dir}",
+    ]
     start = time.monotonic()
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-                            check=False)
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     elapsed = time.monotonic() - start
     assert result.returncode != 0
     assert "W&B (online) did not start within logger.init_timeout_s=3 s" in result.stderr
@@ -261,25 +276,45 @@ def test_images_skipped_at_scan_and_at_load_are_counted_in_metrics_json(tmp_path
     for path in (root / "c1" / "0.jpg", root / "c5" / "1.jpg"):  # the header is whole, the data stops halfway
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     (root / "c4" / "2.jpg").write_bytes(b"not an image")  # dropped by the header scan
-    cfg = compose_config([*[o for o in TINY if not o.startswith("dataset.")], "dataset=folder",
-                          f"dataset.root={root}", "dataset.image_size=32", "dataset.embedding_dim=8",
-                          "dataset.skip_corrupt=true", "trainer.probe_classes=0", "eval.ks=[1,2,4]"],
-                         tmp_path)
+    cfg = compose_config(
+        [
+            *[o for o in TINY if not o.startswith("dataset.")],
+            "dataset=folder",
+            f"dataset.root={root}",
+            "dataset.image_size=32",
+            "dataset.embedding_dim=8",
+            "dataset.skip_corrupt=true",
+            "trainer.probe_classes=0",
+            "eval.ks=[1,2,4]",
+        ],
+        tmp_path,
+    )
     run(cfg, tmp_path / "run")
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["status"] == "completed"
-    assert record["skipped_images"] == {"train_at_scan": 0, "train_at_load": 1, "test_at_scan": 1,
-                                        "test_at_load": 1, "total": 3}
+    assert record["skipped_images"] == {
+        "train_at_scan": 0,
+        "train_at_load": 1,
+        "test_at_scan": 1,
+        "test_at_load": 1,
+        "total": 3,
+    }
 
 
 def test_images_skipped_before_a_resume_are_still_counted(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     def splits(train_bad: list[str], test_bad: list[str]) -> SimpleNamespace:
-        parts = {"train": SimpleNamespace(runtime_skipped=train_bad, skipped_files=["scan.jpg"]),
-                 "test": SimpleNamespace(runtime_skipped=test_bad, skipped_files=[])}
-        counts = {"train_at_scan": 1, "train_at_load": len(train_bad), "test_at_scan": 0,
-                  "test_at_load": len(test_bad)}
+        parts = {
+            "train": SimpleNamespace(runtime_skipped=train_bad, skipped_files=["scan.jpg"]),
+            "test": SimpleNamespace(runtime_skipped=test_bad, skipped_files=[]),
+        }
+        counts = {
+            "train_at_scan": 1,
+            "train_at_load": len(train_bad),
+            "test_at_scan": 0,
+            "test_at_load": len(test_bad),
+        }
         return SimpleNamespace(**parts, skipped_images=lambda: {**counts, "total": sum(counts.values())})
 
     cfg = compose_config(TINY, tmp_path)
@@ -291,5 +326,10 @@ def test_images_skipped_before_a_resume_are_still_counted(tmp_path: Path) -> Non
     after.restore(state, [])  # the resumed process found b.jpg again and c.jpg, t.jpg anew
     after.finish("completed", {})
     record = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert record["skipped_images"] == {"train_at_scan": 1, "train_at_load": 3, "test_at_scan": 0,
-                                        "test_at_load": 1, "total": 5}
+    assert record["skipped_images"] == {
+        "train_at_scan": 1,
+        "train_at_load": 3,
+        "test_at_scan": 0,
+        "test_at_load": 1,
+        "total": 5,
+    }

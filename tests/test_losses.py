@@ -78,7 +78,8 @@ def normalized(u):
 
 
 def ref_tf_reg(emb, m, lam=LAM):
-    """TF npairs_loss: 0.25·λ·(mean‖anchor‖² + mean‖positive‖²) with anchors/positives = image 1/2 of each block (M = 2)."""
+    """TF npairs_loss: 0.25·λ·(mean‖anchor‖² + mean‖positive‖²) with anchors/positives = image 1/2 of
+    each block (M = 2)."""
     assert m == 2
     anchors, positives = emb[0::2], emb[1::2]
     ma = sum(dot(a, a) for a in anchors) / len(anchors)
@@ -266,7 +267,9 @@ def test_contrastive_matches_reference(normalize):
 def test_triplet_nm_matches_reference(mining, normalize):
     emb, labels = class_block_batch(n=4, m=3, d=3, seed=5)
     loss = TripletNMLoss(margin=0.5, mining=mining, normalize_embeddings=normalize)
-    assert_matches(lambda e: loss(e, labels), lambda e: ref_triplet_nm(e, labels, 0.5, mining, normalize), emb)
+    assert_matches(
+        lambda e: loss(e, labels), lambda e: ref_triplet_nm(e, labels, 0.5, mining, normalize), emb
+    )
 
 
 def test_triplet_nm_semihard_fallback_uses_farthest_negative():
@@ -274,7 +277,8 @@ def test_triplet_nm_semihard_fallback_uses_farthest_negative():
     emb = torch.tensor([[0.0, 0.0], [10.0, 0.0], [1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 1, 1])
     loss = TripletNMLoss(margin=0.0, normalize_embeddings=False, mining="semihard")
-    # pairs: (0,1): d_ap=100, negs d=1,4 -> fallback farthest (4): 96; (1,0): d_ap=100, negs 81,64 -> fallback 81: 19
+    # pairs: (0,1): d_ap=100, negs d=1,4 -> fallback farthest (4): 96;
+    # (1,0): d_ap=100, negs 81,64 -> fallback 81: 19;
     # (2,3): d_ap=1, negs to 0:4, to 1:81 -> semi-hard 4: 0; (3,2): d_ap=1, negs 4, 64 -> 4: 0
     torch.testing.assert_close(loss(emb, labels), torch.tensor((96 + 19) / 4, dtype=torch.float64))
 
@@ -542,8 +546,9 @@ def test_normalised_all_anchors_equals_pytorch_metric_learning_ntxent(m, tau):
 
     emb, labels = class_block_batch(n=6, m=m, d=8, seed=90 + m, scale=2.0)
     ours_loss = NPairMCLoss(reg_weight=0.0, anchors="all", normalize_embeddings=True, temperature=tau)
-    ours, theirs, g1, g2 = _value_and_grad_pair(lambda e: ours_loss(e, labels),
-                                                lambda e: NTXentLoss(temperature=tau)(e, labels), emb)
+    ours, theirs, g1, g2 = _value_and_grad_pair(
+        lambda e: ours_loss(e, labels), lambda e: NTXentLoss(temperature=tau)(e, labels), emb
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-9)
 
@@ -554,8 +559,9 @@ def test_normalised_all_anchors_at_m2_equals_pytorch_metric_learning_supcon(tau)
 
     emb, labels = class_block_batch(n=7, m=2, d=8, seed=97, scale=3.0)
     ours_loss = NPairMCLoss(reg_weight=0.0, anchors="all", normalize_embeddings=True, temperature=tau)
-    ours, theirs, g1, g2 = _value_and_grad_pair(lambda e: ours_loss(e, labels),
-                                                lambda e: SupConLoss(temperature=tau)(e, labels), emb)
+    ours, theirs, g1, g2 = _value_and_grad_pair(
+        lambda e: ours_loss(e, labels), lambda e: SupConLoss(temperature=tau)(e, labels), emb
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-9)
 
@@ -570,7 +576,8 @@ def test_normalised_paper_anchors_with_temperature_equal_pml_npairs_on_scaled_un
     ours_loss = NPairMCLoss(reg_weight=0.0, normalize_embeddings=True, temperature=tau)
     pml = NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False))
     ours, theirs, g1, g2 = _value_and_grad_pair(
-        lambda e: ours_loss(e, labels), lambda e: pml(F.normalize(e, dim=1) / math.sqrt(tau), labels), emb)
+        lambda e: ours_loss(e, labels), lambda e: pml(F.normalize(e, dim=1) / math.sqrt(tau), labels), emb
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-9)
 
@@ -720,7 +727,9 @@ def test_configs_instantiate_each_loss():
 
     root = Path(__file__).resolve().parents[1] / "configs" / "loss"
     names = sorted(p.stem for p in root.glob("*.yaml"))
-    assert {"npair_mc", "npair_ovo", "triplet", "triplet_nm", "tuplet", "contrastive", "softmax"} <= set(names)
+    assert {"npair_mc", "npair_ovo", "triplet", "triplet_nm", "tuplet", "contrastive", "softmax"} <= set(
+        names
+    )
     for name in names:
         cfg = OmegaConf.load(root / f"{name}.yaml")
         assert cfg.name == name
@@ -732,6 +741,12 @@ def test_configs_instantiate_each_loss():
         loss = instantiate(node)
         assert isinstance(loss, torch.nn.Module) and isinstance(loss.layout, str)
     # the paper's defaults
-    mc = instantiate({k: v for k, v in OmegaConf.to_container(OmegaConf.load(root / "npair_mc.yaml")).items() if k != "name"})
+    mc = instantiate(
+        {
+            k: v
+            for k, v in OmegaConf.to_container(OmegaConf.load(root / "npair_mc.yaml")).items()
+            if k != "name"
+        }
+    )
     assert (mc.regularizer.weight, mc.regularizer.form, mc.symmetric) == (0.002, "tf_npairs", False)
     assert math.isclose(mc.regularizer.weight, LAM)

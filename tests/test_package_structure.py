@@ -24,7 +24,8 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
@@ -78,8 +79,13 @@ def entry_points() -> set[str]:
     found = set()
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text())
-        guard = any(isinstance(n, ast.If) and isinstance(n.test, ast.Compare)
-                    and isinstance(n.test.left, ast.Name) and n.test.left.id == "__name__" for n in tree.body)
+        guard = any(
+            isinstance(n, ast.If)
+            and isinstance(n.test, ast.Compare)
+            and isinstance(n.test.left, ast.Name)
+            and n.test.left.id == "__name__"
+            for n in tree.body
+        )
         if guard or path.name == "__main__.py":
             found.add(name)
     return found
@@ -145,7 +151,13 @@ def test_the_package_has_no_import_cycle() -> None:
 
 def test_no_module_imports_an_entry_point() -> None:
     entries = entry_points()
-    expected = {"npair.train", "npair.tables", "npair.evaluate", "npair.plots.__main__", "npair.data.download"}
+    expected = {
+        "npair.train",
+        "npair.tables",
+        "npair.evaluate",
+        "npair.plots.__main__",
+        "npair.data.download",
+    }
     assert expected <= entries
     entries |= set(CLI_MODULES)
     for name, imports in GRAPH.items():

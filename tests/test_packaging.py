@@ -32,11 +32,15 @@ def test_config_dir_in_a_checkout_is_the_repository_configs() -> None:
     assert (config_dir() / "train.yaml").is_file()
 
 
-def test_config_dir_without_configs_names_both_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_dir_without_configs_names_both_places(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Pretend the module is installed (not under src/) in a package that carries no configs.
     fake = tmp_path / "site-packages" / "npair" / "config_location.py"
     monkeypatch.setattr(config_location, "__file__", str(fake))
-    monkeypatch.setattr(config_location.resources, "files", lambda package: tmp_path / "site-packages" / package)
+    monkeypatch.setattr(
+        config_location.resources, "files", lambda package: tmp_path / "site-packages" / package
+    )
     with pytest.raises(FileNotFoundError) as error:
         config_dir()
     message = str(error.value)
@@ -78,12 +82,16 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
 
     names = set(zipfile.ZipFile(wheel).namelist())
     missing_modules = sorted(
-        str(p.relative_to(REPO / "src")) for p in (REPO / "src" / "npair").rglob("*.py")
+        str(p.relative_to(REPO / "src"))
+        for p in (REPO / "src" / "npair").rglob("*.py")
         if str(p.relative_to(REPO / "src")) not in names
     )
-    assert not missing_modules, f"modules missing from the wheel (add their package to pyproject.toml): {missing_modules}"
+    assert not missing_modules, (
+        f"modules missing from the wheel (add their package to pyproject.toml): {missing_modules}"
+    )
     missing_configs = sorted(
-        str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
+        str(p.relative_to(REPO))
+        for p in (REPO / "configs").rglob("*.yaml")
         if f"npair/{p.relative_to(REPO)}" not in names
     )
     assert not missing_configs, f"configs missing from the wheel: {missing_configs}"
@@ -91,9 +99,22 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
 
     target = tmp_path / "site"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet", "--target", str(target),
-         str(wheel)],
-        check=False, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-compile",
+            "--quiet",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stderr
     outside = tmp_path / "elsewhere"
@@ -101,10 +122,19 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     env = _outside_env(target)
 
     def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *args], check=False, cwd=outside, env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, *args],
+            check=False,
+            cwd=outside,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    where = run("-c", "import npair, npair.config_location as c; print(npair.__file__); print(c.config_dir())")
+    where = run(
+        "-c", "import npair, npair.config_location as c; print(npair.__file__); print(c.config_dir())"
+    )
     assert where.returncode == 0, where.stderr
     module_file, configs = where.stdout.split()
     assert Path(module_file).is_relative_to(target), f"imported {module_file}, not the installed copy"

@@ -260,8 +260,19 @@ LABELS = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "nmi": "NMI"}
 
 def table_csv(path: Path, rows: Cells, labels: bool = True) -> Path:
     """A table CSV as npair.tables writes it: (method, metric, mean, paper) rows, SE 0.5, 3/3 seeds."""
-    columns = ["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff",
-               "completed_runs", *(["metric_label"] if labels else [])]
+    columns = [
+        "table",
+        "method",
+        "metric",
+        "mean",
+        "se",
+        "n_seeds",
+        "expected_seeds",
+        "paper",
+        "diff",
+        "completed_runs",
+        *(["metric_label"] if labels else []),
+    ]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
@@ -287,8 +298,9 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return figures
 
 
-def test_the_recall_legend_sits_beside_the_lines_not_on_them(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_recall_legend_sits_beside_the_lines_not_on_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     methods = [f"λ = 0.00{i}, unnormalised, asymmetric, cosine (variant {i})" for i in range(7)]
     rows = [(m, f"recall@{k}", 20.0 + 5 * i + 10 * k, None) for i, m in enumerate(methods) for k in (1, 4)]
     figures = drawn(monkeypatch)
@@ -305,15 +317,27 @@ def test_the_papers_series_are_labelled_per_method_and_drawn_unlike_ours(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the paper's 60-pair-mc lies on our triplet-nm: they must differ in colour, marker and line style
-    rows = [("triplet", "recall@1", 30.0, 43.3), ("triplet", "recall@2", 41.0, 55.8),
-            ("triplet-nm", "recall@1", 50.0, None), ("triplet-nm", "recall@2", 63.0, None),
-            ("60-pair-mc", "recall@1", 38.0, 50.0), ("60-pair-mc", "recall@2", 52.0, 63.0)]
+    rows = [
+        ("triplet", "recall@1", 30.0, 43.3),
+        ("triplet", "recall@2", 41.0, 55.8),
+        ("triplet-nm", "recall@1", 50.0, None),
+        ("triplet-nm", "recall@2", 63.0, None),
+        ("60-pair-mc", "recall@1", 38.0, 50.0),
+        ("60-pair-mc", "recall@2", 52.0, 63.0),
+    ]
     figures = drawn(monkeypatch)
     out = plots.recall_at_k(table_csv(tmp_path / "t2.csv", rows), tmp_path / "r.png")
     data = json.loads(out.with_suffix(".json").read_text())
     heading = "ours, mean ± s.e. across training seeds (3/3 seeds each)"
-    assert data["legend"] == [heading, "triplet", "triplet-nm", "60-pair-mc", "paper", "triplet (paper)",
-                              "60-pair-mc (paper)"]
+    assert data["legend"] == [
+        heading,
+        "triplet",
+        "triplet-nm",
+        "60-pair-mc",
+        "paper",
+        "triplet (paper)",
+        "60-pair-mc (paper)",
+    ]
     (ax,) = figures[0].axes
     assert [t.get_text() for t in ax.get_legend().get_texts()] == data["legend"]
     at_same_place = [line for line in ax.get_lines() if list(line.get_ydata()) == [50.0, 63.0]]
@@ -352,7 +376,11 @@ def test_every_error_bar_says_it_is_the_spread_across_training_seeds(
 ) -> None:
     wording = SPREAD_SHORT["training_seeds"]  # one wording for tables, CSVs and figures
     assert wording == "s.e. across training seeds"
-    rows = [("triplet", "recall@1", 30.0, 43.3), ("triplet", "recall@2", 41.0, 55.8), ("triplet", "nmi", 55.0, None)]
+    rows = [
+        ("triplet", "recall@1", 30.0, 43.3),
+        ("triplet", "recall@2", 41.0, 55.8),
+        ("triplet", "nmi", 55.0, None),
+    ]
     figures = drawn(monkeypatch)
     plots.recall_at_k(table_csv(tmp_path / "t2.csv", rows), tmp_path / "r.png")
     plots.metric_bars(table_csv(tmp_path / "t2.csv", rows), tmp_path / "m.png")
@@ -364,8 +392,12 @@ def test_every_error_bar_says_it_is_the_spread_across_training_seeds(
     curves = importlib.import_module("npair.plots.curves")
     kept: list[Any] = []
     monkeypatch.setattr(curves, "save_figure", lambda fig, out, data: kept.append(fig) or out)
-    runs = {"triplet": [write_log(tmp_path / "a", [0.1, 0.2, 0.3, 0.35, 0.38, 0.4]),
-                        write_log(tmp_path / "b", [0.1, 0.2, 0.3, 0.36, 0.39, 0.41])]}
+    runs = {
+        "triplet": [
+            write_log(tmp_path / "a", [0.1, 0.2, 0.3, 0.35, 0.38, 0.4]),
+            write_log(tmp_path / "b", [0.1, 0.2, 0.3, 0.36, 0.39, 0.41]),
+        ]
+    }
     plots.training_curves(runs, tmp_path / "c.png")
     (note,) = [t.get_text() for t in kept[0].texts if "2-way" in t.get_text()]
     assert f"Mean over training seeds ± {wording} (band)" in note

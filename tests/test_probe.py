@@ -23,7 +23,9 @@ def test_batch_accuracy_on_constructed_batches() -> None:
 
 
 def test_cosine_probe_scores_the_normalised_embeddings() -> None:
-    images = torch.randint(0, 256, (12, 1, 2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (12, 1, 2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     dataset = InMemoryImages(images, np.repeat(np.arange(6), 2))
     # features scaled from 0.1 to 10: output norms differ, so inner products and cosines rank differently
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
@@ -33,9 +35,12 @@ def test_cosine_probe_scores_the_normalised_embeddings() -> None:
     probe = Probe(dataset, n_classes=6, seed=0)
     emb = torch.nn.functional.normalize(model(probe.images).view(6, 2, -1), dim=-1)
     scores = emb[:, 0] @ emb[:, 1].T
-    assert cosine["probe_nway_acc"] == pytest.approx((scores.argmax(1) == torch.arange(6)).float().mean().item())
+    assert cosine["probe_nway_acc"] == pytest.approx(
+        (scores.argmax(1) == torch.arange(6)).float().mean().item()
+    )
     assert cosine["probe_nway_loss"] == pytest.approx(
-        torch.nn.functional.cross_entropy(scores, torch.arange(6)).item(), rel=1e-6)
+        torch.nn.functional.cross_entropy(scores, torch.arange(6)).item(), rel=1e-6
+    )
     assert inner != cosine
     with pytest.raises(ValueError, match="probe_similarity='dot'"):
         Probe(dataset, n_classes=6, seed=0, similarity="dot")

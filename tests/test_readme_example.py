@@ -1,7 +1,7 @@
 """The README's code runs as printed: the library example, and the own-loss / own-dataset recipe.
 
-The code is read from README.md itself (fenced blocks of the two sections), so an edit to the README that breaks
-the example fails here.
+The code is read from README.md itself (fenced blocks of the two sections), so an edit to the README that
+breaks the example fails here.
 """
 
 from __future__ import annotations
@@ -44,8 +44,15 @@ def test_library_example_runs(tmp_path: Path) -> None:
     (example,) = code_blocks(readme_section("Use it as a library"), "python")
     script = tmp_path / "example.py"
     script.write_text(example, encoding="utf-8")
-    result = subprocess.run([sys.executable, str(script)], check=False, cwd=tmp_path, env=user_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        check=False,
+        cwd=tmp_path,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = ast.literal_eval(result.stdout.strip().splitlines()[-1])
     for key in ("recall@1", "recall@2", "recall@4", "nmi", "f1"):
@@ -70,10 +77,22 @@ def _write_recipe_files(section: str, root: Path) -> list[Path]:
 def test_own_loss_and_dataset_recipe_runs(tmp_path: Path) -> None:
     section = readme_section("Add your own loss or dataset")
     files = _write_recipe_files(section, tmp_path)
-    assert {p.name for p in files} == {"my_losses.py", "my_data.py", "cosine_npair.yaml", "unseen_digits.yaml"}
+    assert {p.name for p in files} == {
+        "my_losses.py",
+        "my_data.py",
+        "cosine_npair.yaml",
+        "unseen_digits.yaml",
+    }
     (command,) = code_blocks(section, "bash")
-    result = subprocess.run(["bash", "-c", "set -e\n" + command], check=False, cwd=tmp_path, env=user_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", "-c", "set -e\n" + command],
+        check=False,
+        cwd=tmp_path,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
 
     (run_dir,) = (tmp_path / "my_project" / "outputs" / "runs" / "cosine_npair-unseen_digits").iterdir()

@@ -7,8 +7,9 @@ Checked in src/, configs/, scripts/, tests/, README.md, CONTRIBUTING.md and docs
   ``DESIGN.md``, ``CONTRACT.md``, ...), must exist at that path from the repository root, so a citation of a
   note that is not part of the repository fails (``scripts/rewrite_references.py`` rewrites those);
 * ``shared/...`` paths must exist in the repository;
-* ``§n`` after a Markdown document (also ``§4.1 and §8``, ``§1, §2``, ``§7-8``) must be a numbered heading of that
-  document, and ``§8 #n`` (or a config's ``[#n]``, which means ``docs/paper.md §8 #n``) a row of that section's table or an item of its numbered list.
+* ``§n`` after a Markdown document (also ``§4.1 and §8``, ``§1, §2``, ``§7-8``) must be a numbered heading
+  of that document, and ``§8 #n`` (or a config's ``[#n]``, which means ``docs/paper.md §8 #n``) a row of
+  that section's table or an item of its numbered list.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ SECTION_START = re.compile(r"[`'\"*]*\s*(?=§)")
 SECTION = re.compile(r"§\s*(?P<number>\d+(?:\.\d+)*)(?:\s*#(?P<items>\d+(?:\s*,\s*#\d+)*))?")
 RANGE_END = re.compile(r"\s*[-–]\s*§?\s*(?P<number>\d+(?:\.\d+)*)")
 NEXT_SECTION = re.compile(r"\s*(?:,|and|or|/)\s*(?=§)")
-NUMBERED = re.compile(r"^(?:\|\s*(\d+)\s*\||\s*(\d+)\.\s)", re.MULTILINE)  # a table row "| n |" or a list item "n."
+NUMBERED = re.compile(
+    r"^(?:\|\s*(\d+)\s*\||\s*(\d+)\.\s)", re.MULTILINE
+)  # a table row "| n |" or a list item "n."
 HEADING = re.compile(r"^#{1,6}\s+(\d+(?:\.\d+)*)\.?\s", re.MULTILINE)
 CONFIG_ITEM = re.compile(r"\[#(\d+)")
 
@@ -81,7 +84,7 @@ def numbered_items(doc: Path, section: str) -> frozenset[str]:
         return frozenset()
     level = len(start.group(1))
     end = re.compile(rf"^#{{1,{level}}}\s", re.MULTILINE).search(text, start.end())
-    body = text[start.end(): end.start() if end else len(text)]
+    body = text[start.end() : end.start() if end else len(text)]
     return frozenset(row or item for row, item in NUMBERED.findall(body))
 
 
@@ -107,17 +110,23 @@ def problems_in(path: Path) -> list[str]:
                 continue
             if target.suffix != ".md":
                 continue
-            for number, items in section_refs(text[match.end(): match.end() + 120]):
+            for number, items in section_refs(text[match.end() : match.end() + 120]):
                 if number not in headings(target):
                     report(match.start(), f"{ref} §{number}", f"{ref} has no heading numbered {number}")
                 for item in items:
                     if item not in numbered_items(target, number):
-                        report(match.start(), f"{ref} §{number} #{item}", f"no row {item} in §{number} of {ref}")
+                        report(
+                            match.start(), f"{ref} §{number} #{item}", f"no row {item} in §{number} of {ref}"
+                        )
     if path.suffix in (".yaml", ".yml"):
         paper = REPO / "docs" / "paper.md"
         for match in CONFIG_ITEM.finditer(text):
             if not paper.is_file():
-                report(match.start(), match.group(0), "an open choice of docs/paper.md §8, but there is no docs/paper.md")
+                report(
+                    match.start(),
+                    match.group(0),
+                    "an open choice of docs/paper.md §8, but there is no docs/paper.md",
+                )
             elif match.group(1) not in numbered_items(paper, "8"):
                 report(match.start(), match.group(0), "no such open choice in docs/paper.md §8")
     return found
@@ -154,7 +163,9 @@ def test_section_reference_parsing(tail: str, expected: list[tuple[str, list[str
 def test_broken_references_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = tmp_path / "repo"
     (fake / "docs").mkdir(parents=True)
-    (fake / "docs" / "paper.md").write_text("# P\n\n## 2. Losses\n\n### 2.5 N-pair\n\n## 8. Choices\n\n| 1 | a |\n")
+    (fake / "docs" / "paper.md").write_text(
+        "# P\n\n## 2. Losses\n\n### 2.5 N-pair\n\n## 8. Choices\n\n| 1 | a |\n"
+    )
     (fake / "configs").mkdir()
     source = fake / "configs" / "x.yaml"
     source.write_text(

@@ -26,9 +26,15 @@ from npair.train import run
 from tests.helpers import TINY, compose_config, run_cli
 
 # Long enough (in steps) for the test to kill the run between its first checkpoint and its end.
-KILLABLE = [*[o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.eval_every", "trainer.log_every"))],
-            "trainer.max_steps=80", "trainer.eval_every=40", "trainer.log_every=10", "trainer.checkpoint_every=5",
-            "trainer.probe_classes=0", "trainer.threads=1"]
+KILLABLE = [
+    *[o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.eval_every", "trainer.log_every"))],
+    "trainer.max_steps=80",
+    "trainer.eval_every=40",
+    "trainer.log_every=10",
+    "trainer.checkpoint_every=5",
+    "trainer.probe_classes=0",
+    "trainer.threads=1",
+]
 
 
 def _model_state(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -37,15 +43,30 @@ def _model_state(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_sigkill_mid_run_then_restart_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
     def command(run_dir: Path) -> list[str]:
-        return [sys.executable, "-m", "npair.train", *KILLABLE, f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}"]
+        return [
+            sys.executable,
+            "-m",
+            "npair.train",
+            *KILLABLE,
+            f"paths.root_dir={tmp_path}",
+            f"hydra.run.dir={run_dir}",
+        ]
 
     env = {**os.environ, "WANDB_MODE": "offline"}
     run_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
-    # the uninterrupted run, in a process of its own like the others (a test process's global state could differ)
-    straight = subprocess.Popen(command(straight_dir), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-    child = subprocess.Popen(command(run_dir), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    # the uninterrupted run, in a process of its own like the others (a test process's global state could
+    # differ)
+    straight = subprocess.Popen(
+        command(straight_dir),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    child = subprocess.Popen(
+        command(run_dir), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         while child.poll() is None and not (run_dir / CHECKPOINT_FILE).exists():
             time.sleep(0.005)
@@ -55,13 +76,16 @@ def test_sigkill_mid_run_then_restart_ends_like_an_uninterrupted_run(tmp_path: P
     finally:
         if child.poll() is None:
             child.kill()
-    assert child.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{child.stderr.read()[-2000:]}"
+    assert child.returncode == -signal.SIGKILL, (
+        f"the run ended before it could be killed:\n{child.stderr.read()[-2000:]}"
+    )
     killed_at = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)["step"]
     assert 0 < killed_at < 80
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
 
-    restarted = subprocess.run(command(run_dir), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-                               check=False)
+    restarted = subprocess.run(
+        command(run_dir), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "resuming" in restarted.stdout
     resumed = json.loads((run_dir / "metrics.json").read_text())
@@ -73,7 +97,9 @@ def test_sigkill_mid_run_then_restart_ends_like_an_uninterrupted_run(tmp_path: P
     assert all(torch.equal(killed_model[k], straight_model[k]) for k in straight_model)  # bit for bit
     assert resumed["final"] == record["final"] and resumed["history"] == record["history"]
     rows = (run_dir / "train_log.csv").read_text().splitlines()
-    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(10, 81, 10))  # rows before the kill carried over
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(
+        range(10, 81, 10)
+    )  # rows before the kill carried over
 
 
 def test_a_completed_run_is_left_alone_and_resume_never_starts_over(tmp_path: Path) -> None:
@@ -96,9 +122,14 @@ def test_resuming_with_another_config_fails_naming_the_keys(tmp_path: Path) -> N
     overrides = [*TINY, "trainer.max_steps=2", "trainer.probe_classes=0"]
     run(compose_config(overrides, tmp_path), tmp_path / "run")
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    (tmp_path / "run" / "metrics.json").write_text(json.dumps({**record, "status": "running"}))  # as if it crashed
-    with pytest.raises(CheckpointError, match=r"checkpoint .*checkpoint.pt was written by a different configuration "
-                                              r"\(seed: 0 -> 1\)"):
+    (tmp_path / "run" / "metrics.json").write_text(
+        json.dumps({**record, "status": "running"})
+    )  # as if it crashed
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint .*checkpoint.pt was written by a different configuration "
+        r"\(seed: 0 -> 1\)",
+    ):
         run(compose_config([*overrides, "seed=1"], tmp_path), tmp_path / "run")
 
 
@@ -106,12 +137,16 @@ def test_resuming_with_another_config_fails_naming_the_keys(tmp_path: Path) -> N
 def _stream(labels: np.ndarray) -> tuple[BatchStream, torch.utils.data.DataLoader]:
     sampler = SkippingBatchSampler(NPairSampler(labels, seed=3, n_classes=2, epoch_length=3))
     data = torch.utils.data.TensorDataset(torch.arange(len(labels)), torch.from_numpy(labels))
-    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, generator=torch.Generator().manual_seed(5))
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=sampler, generator=torch.Generator().manual_seed(5)
+    )
     return BatchStream(loader, sampler), loader
 
 
 @pytest.mark.parametrize("consumed, epoch, position", [(0, 0, 0), (2, 0, 2), (3, 0, 3), (4, 1, 1), (7, 2, 1)])
-def test_a_resumed_batch_stream_continues_with_the_same_batches(consumed: int, epoch: int, position: int) -> None:
+def test_a_resumed_batch_stream_continues_with_the_same_batches(
+    consumed: int, epoch: int, position: int
+) -> None:
     labels = np.repeat(np.arange(6), 4)  # 3 batches per epoch
     straight, _ = _stream(labels)
     expected = [(e, b[0].tolist()) for e, b in (next(straight) for _ in range(consumed + 5))]
@@ -139,8 +174,9 @@ def test_corrupt_metrics_next_to_a_checkpoint_is_not_mistaken_for_a_completed_ru
         run(compose_config([*TINY, "trainer.max_steps=1"], tmp_path), tmp_path / "run")
 
 
-def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exactly(tmp_path: Path,
-                                                                                      monkeypatch) -> None:
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exactly(
+    tmp_path: Path, monkeypatch
+) -> None:
     overrides = [*TINY, "trainer.max_steps=5", "trainer.probe_classes=0", "trainer.threads=1"]
     straight = run(compose_config(overrides, tmp_path), tmp_path / "straight")
     import npair.train
@@ -168,9 +204,12 @@ def test_a_completed_run_directory_is_not_reused_for_another_config(tmp_path: Pa
     overrides = [*TINY, "trainer.max_steps=2", "trainer.probe_classes=0"]
     run(compose_config(overrides, tmp_path), tmp_path / "run")
     before = (tmp_path / "run" / "metrics.json").read_text()
-    with pytest.raises(RunDirectoryConflict, match=r"run holds a completed run of another configuration "
-                                                   r"\(loss.reg_weight: 0.002 -> 0.5; seed: 0 -> 3\); it is "
-                                                   r"not reused for this one"):
+    with pytest.raises(
+        RunDirectoryConflict,
+        match=r"run holds a completed run of another configuration "
+        r"\(loss.reg_weight: 0.002 -> 0.5; seed: 0 -> 3\); it is "
+        r"not reused for this one",
+    ):
         run(compose_config([*overrides, "seed=3", "loss.reg_weight=0.5"], tmp_path), tmp_path / "run")
     assert (tmp_path / "run" / "metrics.json").read_text() == before  # the completed run is untouched
     # the command line: exit non-zero, naming the keys; the same config is still left alone (exit 0)
@@ -188,7 +227,10 @@ def test_an_unfinished_run_without_a_checkpoint_is_not_reused_for_another_config
     run(compose_config(overrides, tmp_path), tmp_path / "run")
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({**record, "status": "failed"}))
-    with pytest.raises(RunDirectoryConflict, match=r"holds an unfinished run with no checkpoint of another "
-                                                   r"configuration \(trainer.max_steps: 2 -> 3\)"):
+    with pytest.raises(
+        RunDirectoryConflict,
+        match=r"holds an unfinished run with no checkpoint of another "
+        r"configuration \(trainer.max_steps: 2 -> 3\)",
+    ):
         run(compose_config([*overrides, "trainer.max_steps=3"], tmp_path), tmp_path / "run")
     assert run(compose_config(overrides, tmp_path), tmp_path / "run")  # the same config trains it again

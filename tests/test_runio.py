@@ -25,8 +25,13 @@ def test_run_files_tables_figures_and_glyph_caches_follow_the_umask(tmp_path: Pa
     try:
         run_dir = tmp_path / "outputs" / "runs" / "t" / "npair_mc" / "seed0"
         run(compose_config([*TINY, "name=t/npair_mc"], tmp_path), run_dir)
-        spec = TableSpec(name="perm", title="Perm", seeds=[0], metrics=[{"key": "recall@1"}, {"key": "nmi"}],
-                         rows=[Row("mc", "t/npair_mc")])
+        spec = TableSpec(
+            name="perm",
+            title="Perm",
+            seeds=[0],
+            metrics=[{"key": "recall@1"}, {"key": "nmi"}],
+            rows=[Row("mc", "t/npair_mc")],
+        )
         tables = write_table(spec, tmp_path / "outputs")
     finally:
         os.umask(previous)
@@ -36,7 +41,8 @@ def test_run_files_tables_figures_and_glyph_caches_follow_the_umask(tmp_path: Pa
     assert len(files) >= 9
     expected = 0o666 & ~umask  # what open(path, "w") gives
     assert {str(p.relative_to(tmp_path)): oct(mode(p)) for p in files} == {
-        str(p.relative_to(tmp_path)): oct(expected) for p in files}
+        str(p.relative_to(tmp_path)): oct(expected) for p in files
+    }
 
 
 def test_an_atomic_write_keeps_the_permissions_of_the_file_it_replaces(tmp_path: Path) -> None:
@@ -50,8 +56,12 @@ def test_an_atomic_write_keeps_the_permissions_of_the_file_it_replaces(tmp_path:
 def test_temporary_files_of_killed_writes_are_removed_when_the_run_starts(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     (run_dir / "eval").mkdir(parents=True)
-    left = [run_dir / ".metrics.json.k3j2h1.tmp", run_dir / ".checkpoint.pt.a1b2c3.tmp",
-            run_dir / ".config.yaml.zz9.tmp", run_dir / "eval" / ".faces.json.q0.tmp"]
+    left = [
+        run_dir / ".metrics.json.k3j2h1.tmp",
+        run_dir / ".checkpoint.pt.a1b2c3.tmp",
+        run_dir / ".config.yaml.zz9.tmp",
+        run_dir / "eval" / ".faces.json.q0.tmp",
+    ]
     for path in left:
         path.write_text("half a write")
     keep = run_dir / ".keep.tmp"  # not a temporary file of an atomic write (.<name>.<random>.tmp)

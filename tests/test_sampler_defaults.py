@@ -47,8 +47,14 @@ def test_every_default_sampler_makes_its_layout() -> None:
 def test_the_package_losses_train_on_their_layouts_default_sampler() -> None:
     registered = register_default_samplers()
     # triplet and tuplet name their own sampler (sampler/triplet.yaml, sampler/tuplet.yaml)
-    assert registered == {"contrastive": "pair", "npair_mc": "npair", "npair_mc_cosine": "npair",
-                          "npair_ovo": "npair", "softmax": "npair", "triplet_nm": "npair"}
+    assert registered == {
+        "contrastive": "pair",
+        "npair_mc": "npair",
+        "npair_mc_cosine": "npair",
+        "npair_ovo": "npair",
+        "softmax": "npair",
+        "triplet_nm": "npair",
+    }
     for loss in sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml")):
         cfg = compose_train([f"loss={loss}"])
         layout = get_class(cfg.loss._target_).layout
@@ -77,8 +83,9 @@ def test_a_users_loss_gets_its_layouts_sampler_and_may_name_its_own(tmp_path: Pa
     assert (overridden.name, overridden.n_pairs) == ("pair", 5)
 
 
-def test_a_loss_without_a_usable_layout_is_named_in_a_warning(tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_a_loss_without_a_usable_layout_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     mine = tmp_path / "odd_configs"
     write(mine / "loss" / "odd_layout.yaml", "_target_: tests.test_sampler_defaults.OddLayoutLoss\n")
     write(mine / "loss" / "odd_import.yaml", "_target_: no_such_module.Loss\n")

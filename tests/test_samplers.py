@@ -112,7 +112,9 @@ def test_impossible_requests_fail_at_construction_with_names_and_counts():
         NPairSampler(labels, seed=0, n_classes=4, n_per_class=3)
     with pytest.raises(ValueError, match=r"needs 11 distinct classes .* only 10 classes"):
         NPairSampler(labels, seed=0, n_classes=11, n_per_class=2, small_class_policy="replace")
-    with pytest.raises(ValueError, match=r"needs 9 distinct classes .* only 8 classes are available after dropping"):
+    with pytest.raises(
+        ValueError, match=r"needs 9 distinct classes .* only 8 classes are available after dropping"
+    ):
         NPairSampler(labels, seed=0, n_classes=9, n_per_class=3, small_class_policy="drop")
     with pytest.raises(ValueError, match="small_class_policy"):
         NPairSampler(labels, seed=0, n_classes=4, small_class_policy="ignore")
@@ -120,7 +122,9 @@ def test_impossible_requests_fail_at_construction_with_names_and_counts():
 
 def test_small_class_policies_drop_and_replace():
     labels = make_labels(10, [5] * 8 + [1, 2])
-    dropped = NPairSampler(labels, seed=0, n_classes=4, n_per_class=3, small_class_policy="drop", epoch_length="classes")
+    dropped = NPairSampler(
+        labels, seed=0, n_classes=4, n_per_class=3, small_class_policy="drop", epoch_length="classes"
+    )
     seen = {int(labels[i]) for batch in dropped for i in batch}
     assert seen == set(np.unique(labels).tolist()) - {124, 127}
     replaced = NPairSampler(labels, seed=0, n_classes=10, n_per_class=3, small_class_policy="replace")
@@ -194,7 +198,9 @@ def test_tuplet_sampler_layout_own_negatives_and_size():
         assert len(set(anchor_classes)) == n
         for r in rows:
             assert r[0] != r[1]
-            assert set(labels[r[2:]]) == set(anchor_classes) - {labels[r[0]]}, "negatives: the other classes of the batch"
+            assert set(labels[r[2:]]) == set(anchor_classes) - {labels[r[0]]}, (
+                "negatives: the other classes of the batch"
+            )
         negatives = [i for r in rows for i in r[2:]]
         assert len(set(negatives)) == len(negatives), "each anchor has its own negative examples"
 
@@ -262,7 +268,9 @@ def test_mining_picks_the_most_violating_classes():
     for i, c in enumerate(hard):
         alpha[c] = 2.0 + 0.2 * i
     fn, calls = mining_embedder(labels, alpha)
-    s = HardNegativeClassSampler(labels, seed=0, n_classes=6, n_candidates=30, embed_batch_size=16, epoch_length=10)
+    s = HardNegativeClassSampler(
+        labels, seed=0, n_classes=6, n_candidates=30, embed_batch_size=16, epoch_length=10
+    )
     s.set_embedder(fn)
     for epoch in range(3):
         s.set_epoch(epoch)
@@ -326,7 +334,9 @@ def test_triplet_and_pair_samplers_work_with_fewer_classes_than_slots():
     for batch in TripletSampler(labels, seed=0, n_triplets=40):
         split_triplets(torch.zeros(120, 2), torch.as_tensor(labels[batch]))
         anchors = Counter(int(labels[t[0]]) for t in blocks_of(batch, 3))
-        assert len(anchors) == 10 and max(anchors.values()) == 4, "anchor classes spread evenly over the classes"
+        assert len(anchors) == 10 and max(anchors.values()) == 4, (
+            "anchor classes spread evenly over the classes"
+        )
     for batch in PairSampler(labels, seed=0, n_pairs=60):
         assert sum(labels[a] == labels[b] for a, b in blocks_of(batch, 2)) == 30
 

@@ -22,8 +22,8 @@ from npair.selection import (
 )
 from npair.tables import Row, TableSpec, load_spec, write_table
 from npair.train import run
-from tests.helpers import REPO, TINY, compose_config
 from tests.data.test_validation import ImagesTouched
+from tests.helpers import REPO, TINY, compose_config
 
 GUARDED = "dataset.build._target_=tests.data.test_validation.build_glyphs_guarded"
 # TINY's glyphs_faces-free data: 20 classes (10 train), 6 images; build_glyphs_guarded adds the face protocol,

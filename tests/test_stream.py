@@ -24,8 +24,13 @@ from tests.helpers import TINY, compose_config
 def _stream(labels: np.ndarray, workers: int) -> BatchStream:
     sampler = SkippingBatchSampler(NPairSampler(labels, seed=3, n_classes=2, epoch_length=3))
     data = torch.utils.data.TensorDataset(torch.arange(len(labels)), torch.from_numpy(labels))
-    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=workers,
-                                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(5))
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(5),
+    )
     return BatchStream(loader, sampler)
 
 
@@ -43,7 +48,9 @@ def test_a_resumed_stream_with_worker_processes_continues_with_the_same_batches(
 
 
 def test_the_skip_holds_for_every_iteration_of_the_same_pass() -> None:
-    sampler = SkippingBatchSampler(NPairSampler(np.repeat(np.arange(6), 4), seed=3, n_classes=2, epoch_length=3))
+    sampler = SkippingBatchSampler(
+        NPairSampler(np.repeat(np.arange(6), 4), seed=3, n_classes=2, epoch_length=3)
+    )
     sampler.skip_next(2)
     assert len(list(iter(sampler))) == len(list(iter(sampler))) == 1
     sampler.skip_next(0)
@@ -100,7 +107,9 @@ def test_mining_lag_is_zero_steps_with_any_number_of_workers(num_workers: int) -
 
 def test_a_sampler_that_needs_no_model_still_goes_through_the_dataloader() -> None:
     dataset = _images()
-    stream = _mining_stream(dataset, NPairSampler(dataset.labels, n_classes=3, n_per_class=2, epoch_length=3), 2)
+    stream = _mining_stream(
+        dataset, NPairSampler(dataset.labels, n_classes=3, n_per_class=2, epoch_length=3), 2
+    )
     assert not stream.in_step
     assert [len(next(stream)[1][1]) for _ in range(4)] == [6, 6, 6, 6]
 

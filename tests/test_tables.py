@@ -33,11 +33,15 @@ from npair.tables import (
 
 def make_spec() -> TableSpec:
     return TableSpec(
-        name="demo", title="Demo", seeds=[0, 1, 2],
+        name="demo",
+        title="Demo",
+        seeds=[0, 1, 2],
         metrics=[{"key": "recall@1", "label": "R@1"}, {"key": "nmi", "label": "NMI"}],
-        rows=[Row("triplet", "demo/triplet", paper={"recall@1": 43.30}),
-              Row("60-pair-mc", "demo/npair_mc", paper={"recall@1": 50.96}),
-              Row("absent", "demo/absent")],
+        rows=[
+            Row("triplet", "demo/triplet", paper={"recall@1": 43.30}),
+            Row("60-pair-mc", "demo/npair_mc", paper={"recall@1": 50.96}),
+            Row("absent", "demo/absent"),
+        ],
         paper_source="Table 2c",
     )
 
@@ -47,7 +51,9 @@ def run_config(experiment: str, seed: int) -> dict:
     return {"name": experiment, "seed": seed, "loss": {"name": experiment.split("/")[-1]}}
 
 
-def write_run(root: Path, spec: TableSpec, row: Row, seed: int, final: dict, status: str = "completed") -> None:
+def write_run(
+    root: Path, spec: TableSpec, row: Row, seed: int, final: dict, status: str = "completed"
+) -> None:
     """A run directory as npair.train leaves it: config.yaml and a metrics.json whose header hashes it."""
     run_dir, config = spec.run_dir(root, row, seed), run_config(row.experiment, seed)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
@@ -96,8 +102,15 @@ def test_write_table_writes_md_csv_tex(tmp_path: Path) -> None:
     assert "demo,triplet,recall@1,40.0" in csv_text
     assert "demo,absent,recall@1,,,0,3,,,0" in csv_text
     header, first, second = (line.split(",") for line in csv_text.splitlines()[:3])
-    assert header[-7:] == ["completed_runs", "metric_label", "group_hash", "config_hashes", "se_over",
-                           "value_is_se_over", "within_run_spread"]
+    assert header[-7:] == [
+        "completed_runs",
+        "metric_label",
+        "group_hash",
+        "config_hashes",
+        "se_over",
+        "value_is_se_over",
+        "within_run_spread",
+    ]
     assert first[header.index("metric_label")] == "R@1"  # the figures' labels
     assert second[:3] == ["demo", "triplet", "nmi"] and second[header.index("metric_label")] == "NMI"
     assert first[header.index("within_run_spread")] == ""  # Recall@1 is one measurement per run
@@ -108,22 +121,53 @@ def test_write_table_writes_md_csv_tex(tmp_path: Path) -> None:
 
 
 def test_the_footers_name_each_kind_of_spread(tmp_path: Path) -> None:
-    spec = TableSpec(name="faces", title="Faces", seeds=[0, 1, 2], rows=[
-        Row("60-pair-mc", "demo/npair_mc", paper={"lfw_acc": 98.0, "lfw_acc_se_folds": 0.2},
-            paper_se={"lfw_acc": 0.2}),
-    ], metrics=[{"key": "lfw_acc", "label": "VRF"}, {"key": "lfw_acc_se_folds", "label": "VRF s.e."},
-                {"key": "nmi", "label": "NMI"}, {"key": "f1", "label": "F1"},
-                {"key": "vrf_neg9", "label": "VRF (neg=9)"}, {"key": "recall@1", "label": "R@1"}])
+    spec = TableSpec(
+        name="faces",
+        title="Faces",
+        seeds=[0, 1, 2],
+        rows=[
+            Row(
+                "60-pair-mc",
+                "demo/npair_mc",
+                paper={"lfw_acc": 98.0, "lfw_acc_se_folds": 0.2},
+                paper_se={"lfw_acc": 0.2},
+            ),
+        ],
+        metrics=[
+            {"key": "lfw_acc", "label": "VRF"},
+            {"key": "lfw_acc_se_folds", "label": "VRF s.e."},
+            {"key": "nmi", "label": "NMI"},
+            {"key": "f1", "label": "F1"},
+            {"key": "vrf_neg9", "label": "VRF (neg=9)"},
+            {"key": "recall@1", "label": "R@1"},
+        ],
+    )
     for seed in spec.seeds:
-        write_run(tmp_path, spec, spec.rows[0], seed, {"lfw_acc": 0.98, "lfw_acc_se_folds": 0.002, "nmi": 0.5,
-                                                         "f1": 0.2, "vrf_neg9": 0.9, "recall@1": 0.4})
+        write_run(
+            tmp_path,
+            spec,
+            spec.rows[0],
+            seed,
+            {
+                "lfw_acc": 0.98,
+                "lfw_acc_se_folds": 0.002,
+                "nmi": 0.5,
+                "f1": 0.2,
+                "vrf_neg9": 0.9,
+                "recall@1": 0.4,
+            },
+        )
     paths = write_table(spec, tmp_path)
     md, tex = paths["md"].read_text(), paths["tex"].read_text()
     for text in (md, tex):
         assert "Mean ± standard error over training seeds (one run per seed), seeds [0, 1, 2]" in text
-        assert ("NMI, F1: each run's value is the mean over k-means seeds (eval.kmeans_seeds); that spread "
-                "(`nmi_se_kmeans_seeds`, `f1_se_kmeans_seeds` in metrics.json") in text
-        assert "`vrf_neg9_se_negative_draws` in metrics.json, standard error over draws of the negatives" in text
+        assert (
+            "NMI, F1: each run's value is the mean over k-means seeds (eval.kmeans_seeds); that spread "
+            "(`nmi_se_kmeans_seeds`, `f1_se_kmeans_seeds` in metrics.json"
+        ) in text
+        assert (
+            "`vrf_neg9_se_negative_draws` in metrics.json, standard error over draws of the negatives" in text
+        )
         assert "VRF: each run's value is the mean over the 10 LFW folds" in text
         assert "VRF s.e.: each run's standard error over the 10 LFW folds, one embedding" in text
         assert "↳ paper ±: the paper's own ±" in text
@@ -143,9 +187,16 @@ def test_a_one_seed_table_says_it_has_no_spread_across_seeds(tmp_path: Path) -> 
 def test_tables_share_runs_and_re_evaluations_read_their_own_file(tmp_path: Path) -> None:
     a, b = make_spec(), make_spec()
     b.name = "other"
-    assert a.run_dir(tmp_path, a.rows[0], 1) == b.run_dir(tmp_path, b.rows[0], 1) == tmp_path / "runs/demo/triplet/seed1"
+    assert (
+        a.run_dir(tmp_path, a.rows[0], 1)
+        == b.run_dir(tmp_path, b.rows[0], 1)
+        == tmp_path / "runs/demo/triplet/seed1"
+    )
     faces = Row("triplet", "demo/triplet", evaluate_with=["dataset=glyphs_faces", "eval=faces"])
-    assert a.result_path(tmp_path, faces, 1) == tmp_path / "runs/demo/triplet/seed1/eval/dataset=glyphs_faces_eval=faces.json"
+    assert (
+        a.result_path(tmp_path, faces, 1)
+        == tmp_path / "runs/demo/triplet/seed1/eval/dataset=glyphs_faces_eval=faces.json"
+    )
     spec = TableSpec(name="f", title="F", seeds=[1], metrics=[{"key": "rank1"}], rows=[faces])
     write_run(tmp_path, spec, faces, 1, {"recall@1": 0.5})  # the training run's own metrics.json
     assert collect(spec, tmp_path)["triplet"]["rank1"].missing
@@ -197,8 +248,10 @@ def test_a_dry_run_ends_with_a_summary_of_runs_tables_and_missing_data(
     summary = dry_run(specs, tmp_path, composer([]))
     assert capsys.readouterr().out.rstrip().endswith(summary)
     first, blocked, second, *data = summary.splitlines()
-    assert first == ("=== dry run: 3 tables (table2_cub200, smoke, smoke), 4 distinct runs: 0 done, "
-                     "4 to train; 0 re-evaluations of trained runs")
+    assert first == (
+        "=== dry run: 3 tables (table2_cub200, smoke, smoke), 4 distinct runs: 0 done, "
+        "4 to train; 0 re-evaluations of trained runs"
+    )
     assert blocked.startswith("1 of the runs to train hold another config or an unverified result")
     assert second.startswith("1 dataset missing for the runs to train")
     assert f"dataset 'cub200' not found at {tmp_path}/data/CUB_200_2011" in data[0]
@@ -209,7 +262,8 @@ def test_a_dry_run_without_missing_data_says_so() -> None:
     spec = TableSpec(name="t", title="t", seeds=[0], metrics=[{"key": "nmi"}], rows=[])
     assert dry_run_summary([spec], {("e", 0): "done"}, 0, []).splitlines() == [
         "=== dry run: 1 table (t), 1 distinct run: 1 done, 0 to train; 0 re-evaluations of trained runs",
-        "no dataset missing for the runs to train"]
+        "no dataset missing for the runs to train",
+    ]
     assert [plural(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
 
 

@@ -33,8 +33,14 @@ def completed_runs(outputs: Path) -> dict[Path, float]:
 def test_killed_table_run_restarts_only_the_missing_runs(tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "offline", "NPAIR_ROOT": str(tmp_path)}
     outputs = tmp_path / "outputs"
-    first = subprocess.Popen(tables_cmd(outputs), cwd=REPO, env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        tables_cmd(outputs),
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and first.poll() is None and not completed_runs(outputs):
         time.sleep(0.2)
@@ -44,7 +50,9 @@ def test_killed_table_run_restarts_only_the_missing_runs(tmp_path: Path) -> None
     before = completed_runs(outputs)
     assert 1 <= len(before) < 4
 
-    second = subprocess.run(tables_cmd(outputs), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        tables_cmd(outputs), cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     launched = [int(n) for n in re.findall(r"^training (\d+) runs?: ", second.stdout, flags=re.MULTILINE)]
     assert sum(launched) == 4 - len(before)  # one sweep per set of missing seeds
@@ -54,7 +62,9 @@ def test_killed_table_run_restarts_only_the_missing_runs(tmp_path: Path) -> None
     table = (outputs / "tables" / "smoke.md").read_text()
     assert "missing" not in table and "(1/2 seeds)" not in table
 
-    third = subprocess.run(tables_cmd(outputs), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    third = subprocess.run(
+        tables_cmd(outputs), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert third.returncode == 0, third.stderr[-3000:]
     assert "training" not in third.stdout  # nothing left to train: the table is rebuilt from the runs
     assert completed_runs(outputs) == after
@@ -81,8 +91,10 @@ def test_stale_runs_stop_the_table_naming_them_and_rerun_stale_moves_them_aside(
         assert message.startswith("stopped: 2 run directories would be reused for another config")
         for experiment in rows:
             stored = old[experiment]["config_hash"]
-            line = f"{run_dir_of(root, experiment, 0)} (another config, config {stored}): " \
-                   "trainer.max_steps: 3 -> 4"
+            line = (
+                f"{run_dir_of(root, experiment, 0)} (another config, config {stored}): "
+                "trainer.max_steps: 3 -> 4"
+            )
             assert line in message
         assert "--rerun-stale" in message
     assert not (root / "tables" / "smoke.md").exists()
@@ -111,11 +123,22 @@ def test_a_hand_written_metrics_json_is_refused_and_named(tmp_path: Path) -> Non
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps({"status": "completed", "final": {"recall@1": 0.99}}))
     with pytest.raises(SystemExit) as stopped:
-        main(["TABLE=smoke", f"paths.root_dir={tmp_path}", "--seeds", "0", "--no-train", "--outputs",
-              str(root)])
+        main(
+            [
+                "TABLE=smoke",
+                f"paths.root_dir={tmp_path}",
+                "--seeds",
+                "0",
+                "--no-train",
+                "--outputs",
+                str(root),
+            ]
+        )
     message = str(stopped.value)
-    assert f"{run_dir} (an unverified result, config unknown): its metrics.json records no config_hash" \
+    assert (
+        f"{run_dir} (an unverified result, config unknown): its metrics.json records no config_hash"
         in message
+    )
     assert not (root / "tables" / "smoke.md").exists()
 
 
@@ -140,8 +163,9 @@ def test_a_second_build_of_a_table_waits_for_the_first_and_says_so(tmp_path: Pat
     log = tmp_path / "second.log"
     env = {**os.environ, "WANDB_MODE": "offline", "NPAIR_ROOT": str(tmp_path)}
     with open(log, "w") as out:
-        second = subprocess.Popen([*tables_cmd(outputs), "--no-train"], cwd=REPO, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
+        second = subprocess.Popen(
+            [*tables_cmd(outputs), "--no-train"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         _wait_for_text(log, f"another build of table smoke is running (process {os.getpid()} on", second)
         time.sleep(1.0)
@@ -163,8 +187,9 @@ def test_a_run_another_process_trains_is_skipped_waited_for_then_completed(tmp_p
     log = tmp_path / "build.log"
     env = {**os.environ, "WANDB_MODE": "offline", "NPAIR_ROOT": str(tmp_path)}
     with open(log, "w") as out:
-        build = subprocess.Popen([*tables_cmd(outputs), "--seeds", "0"], cwd=REPO, env=env, stdout=out,
-                                 stderr=subprocess.STDOUT)
+        build = subprocess.Popen(
+            [*tables_cmd(outputs), "--seeds", "0"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         _wait_for_text(log, f"{busy} is being trained by process {os.getpid()} on", build)
         done = run_dir_of(outputs, "smoke/triplet", 0) / "metrics.json"
@@ -188,8 +213,15 @@ def test_two_builds_of_one_table_at_once_train_each_run_once(tmp_path: Path) -> 
     builds = []
     for log in logs:
         with open(log, "w") as out:
-            builds.append(subprocess.Popen([*tables_cmd(outputs), "--seeds", "0"], cwd=REPO, env=env,
-                                           stdout=out, stderr=subprocess.STDOUT))
+            builds.append(
+                subprocess.Popen(
+                    [*tables_cmd(outputs), "--seeds", "0"],
+                    cwd=REPO,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     assert [b.wait(timeout=600) for b in builds] == [0, 0], [log.read_text()[-2000:] for log in logs]
     texts = [log.read_text() for log in logs]
     assert sum("another build of table smoke is running" in t for t in texts) == 1  # one waited for the other

@@ -48,23 +48,36 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path: Path, channels_la
 @pytest.mark.parametrize("loss", ["triplet", "npair_mc"])
 def test_each_loss_trains_with_its_default_sampler(tmp_path: Path, loss: str) -> None:
     sampler = "sampler.n_classes=4" if loss != "triplet" else "sampler.n_triplets=4"
-    cfg = compose_config([*[o for o in TINY if not o.startswith("sampler.")], f"loss={loss}", sampler], tmp_path)
+    cfg = compose_config(
+        [*[o for o in TINY if not o.startswith("sampler.")], f"loss={loss}", sampler], tmp_path
+    )
     final = run(cfg, tmp_path / loss)
     assert final["recall@1"] >= 0.0
 
 
 def test_mismatched_loss_and_sampler_fail_before_training(tmp_path: Path) -> None:
     cfg = compose_config([*TINY, "loss=triplet", "sampler=npair"], tmp_path)
-    with pytest.raises(ValueError, match="loss=triplet reads 'triplets' batches but sampler=npair makes 'class_blocks'"):
+    with pytest.raises(
+        ValueError, match="loss=triplet reads 'triplets' batches but sampler=npair makes 'class_blocks'"
+    ):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 # ----------------------------------------------------------------------------- the command line
 def test_cli_overrides_and_run_directory(tmp_path: Path) -> None:
-    result = run_cli(["npair.train", "dataset=glyphs", "loss=npair_mc", "trainer.max_steps=3",
-                      "sampler.n_classes=3", *[o for o in TINY if not o.startswith(("trainer.max_steps", "sampler."))],
-                      f"paths.root_dir={tmp_path}"], cwd=tmp_path)
+    result = run_cli(
+        [
+            "npair.train",
+            "dataset=glyphs",
+            "loss=npair_mc",
+            "trainer.max_steps=3",
+            "sampler.n_classes=3",
+            *[o for o in TINY if not o.startswith(("trainer.max_steps", "sampler."))],
+            f"paths.root_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "runs" / "npair_mc-glyphs").iterdir())
     assert len(runs) == 1
@@ -76,15 +89,24 @@ def test_cli_overrides_and_run_directory(tmp_path: Path) -> None:
 
 def test_cli_multirun_makes_one_directory_per_job(tmp_path: Path) -> None:
     # Each loss with its default sampler (60 classes × 2 / 40 triplets): 60 training classes are needed.
-    overrides = [o for o in TINY if not o.startswith(("sampler.", "dataset.build.n_classes"))] + ["dataset.build.n_classes=120"]
-    result = run_cli(["npair.train", "-m", "loss=triplet,npair_mc", "seed=0,1", *overrides,
-                      f"paths.root_dir={tmp_path}"], cwd=tmp_path, timeout=600)
+    overrides = [o for o in TINY if not o.startswith(("sampler.", "dataset.build.n_classes"))] + [
+        "dataset.build.n_classes=120"
+    ]
+    result = run_cli(
+        ["npair.train", "-m", "loss=triplet,npair_mc", "seed=0,1", *overrides, f"paths.root_dir={tmp_path}"],
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     paths = sorted((tmp_path / "outputs" / "multiruns").rglob("metrics.json"))
     records = [json.loads(p.read_text()) for p in paths]
     assert len(records) == 4
-    assert sorted((r["loss"], r["seed"]) for r in records) == [("npair_mc", 0), ("npair_mc", 1),
-                                                               ("triplet", 0), ("triplet", 1)]
+    assert sorted((r["loss"], r["seed"]) for r in records) == [
+        ("npair_mc", 0),
+        ("npair_mc", 1),
+        ("triplet", 0),
+        ("triplet", 1),
+    ]
     assert all(r["status"] == "completed" for r in records)
     # one sweep, one folder: every job and the sweep's multirun.yaml, whatever the sweep varies (loss -> name)
     (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
@@ -92,13 +114,18 @@ def test_cli_multirun_makes_one_directory_per_job(tmp_path: Path) -> None:
     assert (sweep / "multirun.yaml").is_file()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("dataset=no_such_dataset", "Could not find 'dataset/no_such_dataset'"),
-    ("loss=no_such_loss", "Could not find 'loss/no_such_loss'"),
-    ("trainer.max_stepz=3", "Key 'max_stepz' is not in struct"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dataset=no_such_dataset", "Could not find 'dataset/no_such_dataset'"),
+        ("loss=no_such_loss", "Could not find 'loss/no_such_loss'"),
+        ("trainer.max_stepz=3", "Key 'max_stepz' is not in struct"),
+    ],
+)
 def test_unknown_names_and_misspelt_keys_fail_at_once(tmp_path: Path, override: str, message: str) -> None:
-    result = run_cli(["npair.train", override, "logger=none", f"paths.root_dir={tmp_path}"], cwd=tmp_path, timeout=120)
+    result = run_cli(
+        ["npair.train", override, "logger=none", f"paths.root_dir={tmp_path}"], cwd=tmp_path, timeout=120
+    )
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "outputs").exists()  # failed before any work

@@ -1,4 +1,5 @@
-"""trainer.compile=true: torch.compile'd training reaches the metrics of eager training (slow: compiles C++ on CPU)."""
+"""trainer.compile=true: torch.compile'd training reaches the metrics of eager training (slow: compiles
+C++ on CPU)."""
 
 from __future__ import annotations
 
@@ -16,4 +17,5 @@ def test_compiled_training_matches_eager_training(tmp_path: Path) -> None:
     eager = run(compose_config(overrides, tmp_path), tmp_path / "eager")
     compiled = run(compose_config([*overrides, "trainer.compile=true"], tmp_path), tmp_path / "compiled")
     assert {k: v for k, v in compiled.items() if k.startswith("recall")} == pytest.approx(
-        {k: v for k, v in eager.items() if k.startswith("recall")}, abs=1e-6)
+        {k: v for k, v in eager.items() if k.startswith("recall")}, abs=1e-6
+    )

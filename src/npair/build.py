@@ -67,9 +67,7 @@ def pick_device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"trainer.device={spec!r} but CUDA is not available; use trainer.device=cpu or auto"
-        )
+        raise ValueError(f"trainer.device={spec!r} but CUDA is not available; use trainer.device=cpu or auto")
     return device
 
 
@@ -131,47 +129,78 @@ def build_train_model(cfg: DictConfig, device: torch.device, sync_bn: bool) -> t
     return model, channels_last
 
 
-def build_sampler(cfg: DictConfig, splits: DatasetSplits, per_rank_batch: dict[str, int], world_size: int,
-                  rank: int) -> Any:
+def build_sampler(
+    cfg: DictConfig, splits: DatasetSplits, per_rank_batch: dict[str, int], world_size: int, rank: int
+) -> Any:
     """This rank's batch sampler over the training split (``per_rank_batch``: npair.guards.per_rank_batch)."""
-    return make(cfg.sampler, labels=np.asarray(splits.train.labels), seed=int(cfg.seed), **per_rank_batch,
-                num_replicas=world_size, rank=rank)
+    return make(
+        cfg.sampler,
+        labels=np.asarray(splits.train.labels),
+        seed=int(cfg.seed),
+        **per_rank_batch,
+        num_replicas=world_size,
+        rank=rank,
+    )
 
 
-def attach_embedder(sampler: Any, model: nn.Module, dataset: Dataset, trainer: DictConfig,
-                    device: torch.device) -> None:
+def attach_embedder(
+    sampler: Any, model: nn.Module, dataset: Dataset, trainer: DictConfig, device: torch.device
+) -> None:
     """Hard negative class mining embeds its candidates with the live model: give the sampler that
     function (other samplers have no ``set_embedder``); no DataLoader is built per refresh."""
     if hasattr(sampler, "set_embedder"):
         sampler.set_embedder(current_model_embedder(model, dataset, device, int(trainer.eval_batch_size)))
 
 
-def batch_stream(dataset: Dataset, sampler: Any, trainer: DictConfig, device: torch.device,
-                 seed: int) -> BatchStream:
+def batch_stream(
+    dataset: Dataset, sampler: Any, trainer: DictConfig, device: torch.device, seed: int
+) -> BatchStream:
     """The training batches: a DataLoader over ``sampler``'s batches, resumable at any batch
     (npair.stream)."""
     batch_sampler = SkippingBatchSampler(sampler)
     pin_memory = device.type == "cuda" if trainer.pin_memory == "auto" else bool(trainer.pin_memory)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batch_sampler, num_workers=int(trainer.num_workers), pin_memory=pin_memory,
-        persistent_workers=int(trainer.num_workers) > 0, generator=torch.Generator().manual_seed(seed),
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=int(trainer.num_workers),
+        pin_memory=pin_memory,
+        persistent_workers=int(trainer.num_workers) > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
     return BatchStream(loader, batch_sampler)
 
 
-def run_header(cfg: DictConfig, splits: DatasetSplits, evaluator: Any, device: torch.device,
-               amp_dtype: torch.dtype | None, probe: Probe | None, world_size: int,
-               resumed_from_step: int | None) -> dict[str, Any]:
+def run_header(
+    cfg: DictConfig,
+    splits: DatasetSplits,
+    evaluator: Any,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    probe: Probe | None,
+    world_size: int,
+    resumed_from_step: int | None,
+) -> dict[str, Any]:
     """What metrics.json records about a run before its results: provenance, data, setting."""
     return {
-        "name": cfg.name, "seed": int(cfg.seed), **hashes(cfg), "git": git_commit(),
-        "similarity": getattr(evaluator, "similarity", None), "device": describe_device(device),
+        "name": cfg.name,
+        "seed": int(cfg.seed),
+        **hashes(cfg),
+        "git": git_commit(),
+        "similarity": getattr(evaluator, "similarity", None),
+        "device": describe_device(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        "dataset": cfg.dataset.name, "loss": cfg.loss.name, "sampler": cfg.sampler.name,
-        "n_train": len(splits.train), "n_test": len(splits.test), "protocol": splits.protocol,
-        "probe_classes": probe.n if probe else 0, "tags": list(cfg.get("tags", [])),
-        "torch": torch.__version__, "world_size": world_size,
-        "host": socket.gethostname(), "pid": os.getpid(),
+        "dataset": cfg.dataset.name,
+        "loss": cfg.loss.name,
+        "sampler": cfg.sampler.name,
+        "n_train": len(splits.train),
+        "n_test": len(splits.test),
+        "protocol": splits.protocol,
+        "probe_classes": probe.n if probe else 0,
+        "tags": list(cfg.get("tags", [])),
+        "torch": torch.__version__,
+        "world_size": world_size,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
         "resumed_from_step": resumed_from_step,
     }
 
@@ -186,8 +215,14 @@ def check_compatible(loss_fn: nn.Module, sampler: Any, cfg: DictConfig) -> None:
         )
 
 
-def evaluate_model(model: nn.Module, loss_fn: nn.Module, splits: DatasetSplits, evaluator: Any,
-             cfg: DictConfig, device: torch.device) -> dict[str, float]:
+def evaluate_model(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    splits: DatasetSplits,
+    evaluator: Any,
+    cfg: DictConfig,
+    device: torch.device,
+) -> dict[str, float]:
     """Embed the test split (and the training split when the protocol needs it) and run the evaluator."""
     bs, workers = int(cfg.trainer.eval_batch_size), int(cfg.trainer.num_workers)
     test = embed_dataset(model, splits.test, batch_size=bs, device=device, num_workers=workers)
@@ -253,12 +288,18 @@ def check_targets(config: Any, source: str | Path) -> None:
             f"{source}: its config would instantiate code outside npair and torch.optim "
             f"({'; '.join(found)}). "
             "A config read from a run directory runs only the project's own targets; if you trust this run "
-            "directory and the code it names, pass --trust-config (load_run(..., trust_config=True))")
+            "directory and the code it names, pass --trust-config (load_run(..., trust_config=True))"
+        )
 
 
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, cfg: DictConfig | None = None,
-             device: str | torch.device = "cpu", data_dir: str | Path | None = None,
-             trust_config: bool = False) -> LoadedRun:
+def load_run(
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    cfg: DictConfig | None = None,
+    device: str | torch.device = "cpu",
+    data_dir: str | Path | None = None,
+    trust_config: bool = False,
+) -> LoadedRun:
     """The one loader of trained runs (evaluation, re-evaluated table rows, embedding figures).
 
     Reads ``checkpoint`` (default ``run_dir/checkpoint.pt``) with :func:`npair.checkpoint.load` (weights
@@ -272,8 +313,10 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, cfg: Dic
     run_dir = Path(run_dir)
     path = Path(checkpoint) if checkpoint is not None else run_dir / CHECKPOINT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint (trainer.save_checkpoint=false, or the run stopped "
-                                "before its first checkpoint); re-run the experiment, or name a checkpoint file")
+        raise FileNotFoundError(
+            f"{path}: no checkpoint (trainer.save_checkpoint=false, or the run stopped "
+            "before its first checkpoint); re-run the experiment, or name a checkpoint file"
+        )
     state = ckpt.load(path, advice="pass the checkpoint.pt of an npair training run")
     if cfg is None:
         if not trust_config:

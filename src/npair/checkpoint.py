@@ -56,10 +56,25 @@ REQUIRED = ("model", "loss", "optimizer", "scheduler", "scaler", "sampler", "str
 # Keys that may differ between the run that wrote a checkpoint and the run resuming it: where things
 # go, how often they are logged or saved, how the work is spread (the global batch is the same).
 RESUMABLE_DIFFERENCES = (
-    "paths", "logger", "tags", "trainer.resume", "trainer.checkpoint_every", "trainer.save_checkpoint",
-    "trainer.max_steps", "trainer.eval_every", "trainer.log_every", "trainer.progress_bar", "trainer.threads",
-    "trainer.num_workers", "trainer.eval_batch_size", "trainer.pin_memory", "trainer.device",
-    "trainer.compile", "trainer.distributed", "trainer.ddp", "loss.gather_across_ranks",
+    "paths",
+    "logger",
+    "tags",
+    "trainer.resume",
+    "trainer.checkpoint_every",
+    "trainer.save_checkpoint",
+    "trainer.max_steps",
+    "trainer.eval_every",
+    "trainer.log_every",
+    "trainer.progress_bar",
+    "trainer.threads",
+    "trainer.num_workers",
+    "trainer.eval_batch_size",
+    "trainer.pin_memory",
+    "trainer.device",
+    "trainer.compile",
+    "trainer.distributed",
+    "trainer.ddp",
+    "loss.gather_across_ranks",
 )
 
 
@@ -77,8 +92,13 @@ def capture_rng() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -89,8 +109,9 @@ def capture_rng() -> dict[str, Any]:
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(_as_tuples(state["python"]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -139,8 +160,16 @@ class Checkpointer:
     if the write fails); ``kept`` says, for error messages, which checkpoint a stopped run left behind.
     """
 
-    def __init__(self, path: Path, stateful: dict[str, Any], logger: Any, cfg: DictConfig, ctx: Context,
-                 enabled: bool, saved_step: int | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        stateful: dict[str, Any],
+        logger: Any,
+        cfg: DictConfig,
+        ctx: Context,
+        enabled: bool,
+        saved_step: int | None,
+    ) -> None:
         self.path, self.stateful, self.logger, self.ctx = path, stateful, logger, ctx
         self.enabled = bool(enabled)
         self.saved_step = saved_step  # the step of the checkpoint on disk (None: none written yet)
@@ -152,8 +181,17 @@ class Checkpointer:
         rng = gather_objects(capture_rng(), self.ctx)
         if self.ctx.is_main:
             states = {key: obj.state_dict() for key, obj in self.stateful.items()}
-            save(self.path, {**states, "step": step, **self.logger.state(), "config": self.config,
-                             "config_hash": self.config_hash}, rng)
+            save(
+                self.path,
+                {
+                    **states,
+                    "step": step,
+                    **self.logger.state(),
+                    "config": self.config,
+                    "config_hash": self.config_hash,
+                },
+                rng,
+            )
         self.saved_step = step
 
     def kept(self) -> str:
@@ -169,9 +207,9 @@ class Checkpointer:
 class ResumePlan:
     """What ``trainer.resume`` decided for this run directory."""
 
-    checkpoint: Path | None = None           # resume from this file
+    checkpoint: Path | None = None  # resume from this file
     completed: dict[str, float] | None = None  # the run is complete: these are its final metrics
-    explicit: bool = False                   # the user named the file (config differences only warn)
+    explicit: bool = False  # the user named the file (config differences only warn)
 
 
 def plan(resume: str | None, run_dir: Path, cfg: DictConfig) -> ResumePlan:
@@ -184,8 +222,10 @@ def plan(resume: str | None, run_dir: Path, cfg: DictConfig) -> ResumePlan:
         path = run_dir / CHECKPOINT_FILE
         if record and record.get("status") == "completed":
             require_same_config(run_dir, cfg, "a completed run")
-            log.info("%s holds a completed run of this config: left alone (trainer.resume=never trains it "
-                     "again)", run_dir)
+            log.info(
+                "%s holds a completed run of this config: left alone (trainer.resume=never trains it again)",
+                run_dir,
+            )
             return ResumePlan(completed=dict(record.get("final", {})))
         if path.exists():  # its config is checked against cfg when it is read (check_config)
             return ResumePlan(checkpoint=path)
@@ -196,8 +236,10 @@ def plan(resume: str | None, run_dir: Path, cfg: DictConfig) -> ResumePlan:
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"trainer.resume={spec}: no checkpoint file at {path}; use auto, never or the "
-                                "path of a checkpoint.pt")
+        raise FileNotFoundError(
+            f"trainer.resume={spec}: no checkpoint file at {path}; use auto, never or the "
+            "path of a checkpoint.pt"
+        )
     return ResumePlan(checkpoint=path, explicit=True)
 
 
@@ -209,7 +251,8 @@ def require_same_config(run_dir: Path, cfg: DictConfig, what: str) -> None:
         raise RunDirectoryConflict(
             f"{run_dir} holds {what} of another configuration ({identity.listing(diffs)}); it is not "
             "reused for this one. Use another run directory (hydra.run.dir=...), repeat the run's own "
-            "overrides, or train over it with trainer.resume=never")
+            "overrides, or train over it with trainer.resume=never"
+        )
 
 
 def load(path: Path, advice: str | None = None) -> dict[str, Any]:
@@ -219,22 +262,29 @@ def load(path: Path, advice: str | None = None) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, foreign pickle ...
-        raise CheckpointError(f"checkpoint {path} is unreadable — truncated or corrupt "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                              f"{advice}") from err
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable — truncated or corrupt "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"{advice}"
+        ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not a resumable npair training checkpoint (no "
-                              f"format={FORMAT!r}; written by an older version?); {advice}")
+        raise CheckpointError(
+            f"checkpoint {path} is not a resumable npair training checkpoint (no "
+            f"format={FORMAT!r}; written by an older version?); {advice}"
+        )
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing or ckpt.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path} has version {ckpt.get('version')} (this code reads {VERSION})"
-                              f"{' and lacks ' + ', '.join(missing) if missing else ''}; {advice}")
+        raise CheckpointError(
+            f"checkpoint {path} has version {ckpt.get('version')} (this code reads {VERSION})"
+            f"{' and lacks ' + ', '.join(missing) if missing else ''}; {advice}"
+        )
     return ckpt
 
 
 def config_differences(saved: dict[str, Any], current: DictConfig) -> list[str]:
     """Dotted keys whose values differ between the identities (npair.identity) of a checkpoint's config and
     ``current``, less the keys that may change across a resume (:data:`RESUMABLE_DIFFERENCES`)."""
+
     def resumable(line: str) -> bool:
         key = line.split(":", 1)[0]
         return any(key == k or key.startswith(k + ".") for k in RESUMABLE_DIFFERENCES)
@@ -251,19 +301,24 @@ def check_config(ckpt: dict[str, Any], cfg: DictConfig, path: Path, explicit: bo
     if explicit:
         log.warning("resuming from %s, written with a different config: %s", path, listing)
         return
-    raise CheckpointError(f"checkpoint {path} was written by a different configuration ({listing}); resume it with "
-                          f"the same overrides, start over with trainer.resume=never, or use a new run directory")
+    raise CheckpointError(
+        f"checkpoint {path} was written by a different configuration ({listing}); resume it with "
+        f"the same overrides, start over with trainer.resume=never, or use a new run directory"
+    )
 
 
 def load_module(module: nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
-    """``module.load_state_dict(state)`` with an error naming the checkpoint file when shapes or keys differ."""
+    """``module.load_state_dict(state)`` with an error naming the checkpoint file when shapes or keys
+    differ."""
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as err:
         first = " ".join(str(err).split())[:400]
-        raise CheckpointError(f"checkpoint {path} does not fit this run's {what} ({first}); was it written with "
-                              "another backbone, dataset.embedding_dim, loss or optimizer? Use the same config, "
-                              "trainer.resume=never, or a new run directory") from err
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this run's {what} ({first}); was it written with "
+            "another backbone, dataset.embedding_dim, loss or optimizer? Use the same config, "
+            "trainer.resume=never, or a new run directory"
+        ) from err
 
 
 def rng_for_rank(ckpt: dict[str, Any], rank: int) -> dict[str, Any]:
@@ -275,22 +330,25 @@ def rng_for_rank(ckpt: dict[str, Any], rank: int) -> dict[str, Any]:
 def logger_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What the RunLogger had recorded when the checkpoint was written: evaluation history, elapsed time, the
     images found unreadable at load time (none in checkpoints written before it kept them)."""
-    return {"history": [dict(h) for h in ckpt.get("history", [])],
-            "elapsed_s": float(ckpt.get("elapsed_s", 0.0)),
-            "skipped_at_load": {k: list(v) for k, v in (ckpt.get("skipped_at_load") or {}).items()}}
+    return {
+        "history": [dict(h) for h in ckpt.get("history", [])],
+        "elapsed_s": float(ckpt.get("elapsed_s", 0.0)),
+        "skipped_at_load": {k: list(v) for k, v in (ckpt.get("skipped_at_load") or {}).items()},
+    }
 
 
 @dataclass(frozen=True)
 class Resumed:
     """What a run resumed from a checkpoint continues with, besides its restored objects."""
 
-    step: int                    # steps done
-    rng: dict[str, Any]          # this rank's RNG states, restored last (:func:`restore_rng`)
+    step: int  # steps done
+    rng: dict[str, Any]  # this rank's RNG states, restored last (:func:`restore_rng`)
     logger_state: dict[str, Any]  # the RunLogger's record then (:func:`logger_state`)
 
 
-def restore(plan: ResumePlan, stateful: dict[str, Any], cfg: DictConfig, ctx: Context,
-            run_dir: Path) -> Resumed | None:
+def restore(
+    plan: ResumePlan, stateful: dict[str, Any], cfg: DictConfig, ctx: Context, run_dir: Path
+) -> Resumed | None:
     """Resume from ``plan.checkpoint`` (None when the plan has none): rank 0 reads it and every rank gets it,
     it must have been written by this config, and each of its states is loaded into the object of the same
     key in ``stateful`` (the map :class:`Checkpointer` saves; ``stream`` is the run's BatchStream), so
@@ -303,8 +361,14 @@ def restore(plan: ResumePlan, stateful: dict[str, Any], cfg: DictConfig, ctx: Co
     for key, obj in stateful.items():
         load_module(obj, state[key], path, key)
     step, stream = int(state["step"]), stateful["stream"]
-    log.info("resuming %s from %s at step %d (epoch %d, batch %d of it)", run_dir, path, step, stream.epoch,
-             stream.position)
+    log.info(
+        "resuming %s from %s at step %d (epoch %d, batch %d of it)",
+        run_dir,
+        path,
+        step,
+        stream.epoch,
+        stream.position,
+    )
     return Resumed(step, rng_for_rank(state, ctx.rank), logger_state(state))
 
 
@@ -321,8 +385,10 @@ class GracefulStop:
         if self.requested == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = name
-        log.warning("%s received: stopping after this step (checkpoint kept); send SIGINT again to abort at once",
-                    name)
+        log.warning(
+            "%s received: stopping after this step (checkpoint kept); send SIGINT again to abort at once",
+            name,
+        )
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[GracefulStop]:

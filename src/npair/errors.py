@@ -69,9 +69,14 @@ def describe(err: BaseException) -> str:
         text = str(err)
         target = re.match(r"Error in call to target '([^']+)'", text)
         full_key = re.search(r"^full_key: (.+)$", text, re.MULTILINE)
-        where = ", ".join(part for part in (
-            f"building {target.group(1)}" if target else "",
-            f"config key {full_key.group(1)}" if full_key else "") if part)
+        where = ", ".join(
+            part
+            for part in (
+                f"building {target.group(1)}" if target else "",
+                f"config key {full_key.group(1)}" if full_key else "",
+            )
+            if part
+        )
         cause = describe(err.__cause__)
         return f"{cause}\n  ({where})" if where else cause
     if isinstance(err, KeyError) and err.args:  # str(KeyError) quotes its message
@@ -89,8 +94,11 @@ def report(err: BaseException) -> None:
 
 def add_debug_option(parser: argparse.ArgumentParser) -> None:
     """The ``--debug`` flag of every argparse entry point (read by :func:`run_cli` before parsing)."""
-    parser.add_argument(DEBUG_FLAG, action="store_true",
-                        help=f"show an error's traceback, not its message alone (as {DEBUG_ENV}=1 does)")
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help=f"show an error's traceback, not its message alone (as {DEBUG_ENV}=1 does)",
+    )
 
 
 def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> int:

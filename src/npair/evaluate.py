@@ -115,8 +115,9 @@ def embed_run(run: LoadedRun, device: str, batch_size: int, need_reference: bool
     from npair.evaluation.embed import embed_dataset
 
     logits_fn = _classifier(run.loss_fn)
-    test = embed_dataset(run.model, run.splits.test, batch_size=batch_size, device=device,
-                         logits_fn=logits_fn)
+    test = embed_dataset(
+        run.model, run.splits.test, batch_size=batch_size, device=device, logits_fn=logits_fn
+    )
     reference = None
     if need_reference:
         reference = embed_dataset(run.model, run.splits.train, batch_size=batch_size, device=device)
@@ -161,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-labels", help="reference labels")
     p.add_argument("--extras", help=".npz or .pt dict with protocol extras (pairs, gallery, probes)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: RUN/checkpoint.pt)")
-    p.add_argument("--trust-config", action="store_true",
-                   help="let the run's stored config instantiate code outside npair and torch.optim")
+    p.add_argument(
+        "--trust-config",
+        action="store_true",
+        help="let the run's stored config instantiate code outside npair and torch.optim",
+    )
     p.add_argument(
         "--eval", help="eval config name in configs/eval/ or a YAML path (default: the run's, else retrieval)"
     )

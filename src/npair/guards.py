@@ -25,6 +25,7 @@ from npair.data.base import DatasetSplits
 if TYPE_CHECKING:
     from npair.run_context import Context
 
+
 # ------------------------------------------------------------------------------ settings and their ranges
 @dataclass(frozen=True)
 class Allowed:
@@ -127,8 +128,9 @@ def validate_settings(cfg: DictConfig) -> None:
         if not _at_least(1).admits(k):
             problems.append(f"eval.ks contains {k!r}: each K must be an integer >= 1 (Recall@K)")
     if problems:
-        raise SettingsError("settings out of range; nothing of the run was written:\n  "
-                            + "\n  ".join(problems))
+        raise SettingsError(
+            "settings out of range; nothing of the run was written:\n  " + "\n  ".join(problems)
+        )
 
 
 _ABSENT = object()
@@ -145,8 +147,9 @@ def per_rank_batch(sampler_cfg: DictConfig, world_size: int) -> dict[str, int]:
             value = int(sampler_cfg[key])
             if value % world_size:
                 raise ValueError(
-                    f"sampler.{key}={value} does not divide across {world_size} ranks: the global batch is split "
-                    f"evenly between ranks; use a multiple of {world_size} (e.g. sampler.{key}="
+                    f"sampler.{key}={value} does not divide across {world_size} ranks: "
+                    "the global batch is split evenly between ranks; "
+                    f"use a multiple of {world_size} (e.g. sampler.{key}="
                     f"{max(world_size, value - value % world_size)})"
                 )
             out[key] = value // world_size
@@ -162,16 +165,20 @@ def check_sampler_fits_data(cfg: DictConfig, splits: DatasetSplits) -> None:
     m = int(s.get("n_per_class", 2))
     usable = int((counts >= m).sum()) if policy == "drop" else len(classes)
     if "n_classes" in s and int(s.n_classes) > usable:
-        dropped = f" ({len(classes) - usable} dropped by small_class_policy=drop)" if usable < len(classes) else ""
+        dropped = (
+            f" ({len(classes) - usable} dropped by small_class_policy=drop)" if usable < len(classes) else ""
+        )
         raise ValueError(
-            f"sampler.n_classes={int(s.n_classes)} (N classes per batch) is larger than the {usable} classes of "
-            f"{where}{dropped}; lower sampler.n_classes to at most {usable}"
+            f"sampler.n_classes={int(s.n_classes)} (N classes per batch) is larger than "
+            f"the {usable} classes of {where}{dropped}; lower sampler.n_classes to at most {usable}"
         )
     if policy == "error" and m > counts.min():
         smallest, have = int(classes[np.argmin(counts)]), int(counts.min())
-        what = (f"sampler.n_per_class={m} (M images per class) is larger than the smallest class of {where}"
-                if "n_per_class" in s else f"sampler={s.name} needs {m} images of every class, more than the "
-                f"smallest class of {where}")
+        what = (
+            f"sampler.n_per_class={m} (M images per class) is larger than the smallest class of {where}"
+            if "n_per_class" in s
+            else f"sampler={s.name} needs {m} images of every class, more than the smallest class of {where}"
+        )
         raise ValueError(
             f"{what}: class {smallest} has {have} image(s); lower sampler.n_per_class or set "
             "sampler.small_class_policy=drop (leave such classes out) or =replace (sample with replacement)"
@@ -183,8 +190,9 @@ def check_eval_fits_data(cfg: DictConfig, evaluator: Any, splits: DatasetSplits)
     ks = tuple(getattr(evaluator, "ks", ()) or ())
     if "recall" in getattr(evaluator, "metrics", ()) and ks and max(ks) > len(splits.test) - 1:
         raise ValueError(
-            f"eval.ks={list(ks)}: Recall@{max(ks)} needs more than {max(ks)} test images, but the test split of "
-            f"dataset={cfg.dataset.name} has {len(splits.test)}; lower eval.ks (at most {len(splits.test) - 1})"
+            f"eval.ks={list(ks)}: Recall@{max(ks)} needs more than {max(ks)} test images, "
+            f"but the test split of dataset={cfg.dataset.name} has {len(splits.test)}; "
+            f"lower eval.ks (at most {len(splits.test) - 1})"
         )
 
 
@@ -193,11 +201,15 @@ class NonFiniteError(FloatingPointError):
     """The loss or the gradient became inf/NaN; the run stops and keeps its last good checkpoint."""
 
 
-def require_finite_loss(loss: Tensor, step: int, kept: Callable[[], str], ctx: Context, device: torch.device) -> None:
+def require_finite_loss(
+    loss: Tensor, step: int, kept: Callable[[], str], ctx: Context, device: torch.device
+) -> None:
     """Stop every rank when the loss is inf/NaN on any (``kept()`` says which checkpoint stays)."""
     if any_rank(not torch.isfinite(loss), ctx, device):
-        raise NonFiniteError(f"non-finite loss ({loss.item()}) at step {step}; the run stopped and {kept()}. "
-                             "Lower optimizer.lr, set trainer.grad_clip, or use trainer.precision=32")
+        raise NonFiniteError(
+            f"non-finite loss ({loss.item()}) at step {step}; the run stopped and {kept()}. "
+            "Lower optimizer.lr, set trainer.grad_clip, or use trainer.precision=32"
+        )
 
 
 def gradient_norm(modules: list[nn.Module]) -> Tensor:
@@ -211,5 +223,7 @@ def gradient_norm(modules: list[nn.Module]) -> Tensor:
 def require_finite_grad(norm: Tensor | float, step: int, kept: str) -> None:
     value = float(norm)
     if not math.isfinite(value):
-        raise NonFiniteError(f"non-finite gradient (norm {value}) at step {step}; the run stopped and {kept}. "
-                             "Lower optimizer.lr or set trainer.grad_clip")
+        raise NonFiniteError(
+            f"non-finite gradient (norm {value}) at step {step}; the run stopped and {kept}. "
+            "Lower optimizer.lr or set trainer.grad_clip"
+        )

@@ -34,28 +34,37 @@ HASH_VERSION = 2
 
 # Keys left out of a run's identity: they say where a run lives or how it is watched, not what it computes.
 EXCLUDED = (
-    "paths",                     # where data and outputs live (values under it are written as ${paths.<key>})
-    "name",                      # names the run directory and the W&B group
-    "tags",                      # free-form labels
-    "logger",                    # whether and where W&B mirrors the run
-    "trainer.resume",            # how this process starts: continue or start over
-    "trainer.progress_bar",      # the terminal's progress bar
-    "trainer.log_every",         # train_log.csv / W&B resolution; the training itself is the same
-    "trainer.save_checkpoint",   # whether checkpoint.pt is kept
+    "paths",  # where data and outputs live (values under it are written as ${paths.<key>})
+    "name",  # names the run directory and the W&B group
+    "tags",  # free-form labels
+    "logger",  # whether and where W&B mirrors the run
+    "trainer.resume",  # how this process starts: continue or start over
+    "trainer.progress_bar",  # the terminal's progress bar
+    "trainer.log_every",  # train_log.csv / W&B resolution; the training itself is the same
+    "trainer.save_checkpoint",  # whether checkpoint.pt is kept
     "trainer.checkpoint_every",  # how often it is written
-    "trainer.num_workers",       # DataLoader processes (the batches are the same; npair.stream)
-    "trainer.pin_memory",        # host-to-device copies
-    "trainer.threads",           # CPU threads
-    "trainer.eval_batch_size",   # embedding chunk size at evaluation
-    "trainer.ddp.timeout_min",   # how long ranks wait for each other
+    "trainer.num_workers",  # DataLoader processes (the batches are the same; npair.stream)
+    "trainer.pin_memory",  # host-to-device copies
+    "trainer.threads",  # CPU threads
+    "trainer.eval_batch_size",  # embedding chunk size at evaluation
+    "trainer.ddp.timeout_min",  # how long ranks wait for each other
     "loss.gather_across_ranks",  # set under DDP from trainer.ddp.gather_negatives; no effect in one process
 )
 PATH_KEYS = ("data_dir", "output_dir", "root_dir")  # the paths.* values written as symbols elsewhere
 
 # The version-1 hash (records without config_hash_version): the resolved config less these keys (paths kept).
 _LEGACY_EXCLUDED = ("paths", "logger", "tags")
-_LEGACY_EXCLUDED_TRAINER = ("progress_bar", "num_workers", "eval_batch_size", "save_checkpoint", "log_every",
-                            "resume", "checkpoint_every", "pin_memory", "threads")
+_LEGACY_EXCLUDED_TRAINER = (
+    "progress_bar",
+    "num_workers",
+    "eval_batch_size",
+    "save_checkpoint",
+    "log_every",
+    "resume",
+    "checkpoint_every",
+    "pin_memory",
+    "threads",
+)
 
 
 def as_container(config: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +98,7 @@ def identity(config: DictConfig | dict[str, Any], seed: bool = True) -> dict[str
         if isinstance(value, str):
             for prefix, symbol in symbols:
                 if value == prefix or value.startswith(prefix + "/"):
-                    return symbol + value[len(prefix):]
+                    return symbol + value[len(prefix) :]
         return value
 
     return symbolic(container)
@@ -121,13 +130,17 @@ def legacy_config_hash(config: DictConfig | dict[str, Any]) -> str:
 
 def hashes(config: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """What metrics.json records of a run's identity: config_hash, group_hash and config_hash_version."""
-    return {"config_hash": config_hash(config), "group_hash": group_hash(config),
-            "config_hash_version": HASH_VERSION}
+    return {
+        "config_hash": config_hash(config),
+        "group_hash": group_hash(config),
+        "config_hash_version": HASH_VERSION,
+    }
 
 
 # ------------------------------------------------------------------------------ comparing configs
-def differences(stored: DictConfig | dict[str, Any], current: DictConfig | dict[str, Any],
-                seed: bool = True) -> list[str]:
+def differences(
+    stored: DictConfig | dict[str, Any], current: DictConfig | dict[str, Any], seed: bool = True
+) -> list[str]:
     """``key: stored -> current`` for every dotted key whose value differs between the two identities
     (``<absent>`` where one has no such key)."""
     out: list[str] = []
@@ -169,12 +182,15 @@ def _read_config(path_name: str, version: tuple[int, ...]) -> dict[str, Any]:
     try:
         loaded = OmegaConf.load(path)
     except Exception as err:  # YAML syntax, not a mapping ...
-        raise ValueError(f"{path} is not a readable config ({type(err).__name__}: {err}); delete or restore "
-                         "it (or move the run directory aside) to train this run again") from err
+        raise ValueError(
+            f"{path} is not a readable config ({type(err).__name__}: {err}); delete or restore "
+            "it (or move the run directory aside) to train this run again"
+        ) from err
     container = OmegaConf.to_container(loaded, resolve=False)
     if not isinstance(container, dict):
         raise ValueError(  # noqa: TRY004  (a bad file, reported as such)
-            f"{path} holds no config mapping; delete or restore it to train this run again")
+            f"{path} holds no config mapping; delete or restore it to train this run again"
+        )
     return container
 
 
@@ -194,8 +210,10 @@ def record_problem(run_dir: str | Path, record: dict[str, Any]) -> str | None:
     if recorded != expected:
         return f"its metrics.json says config_hash {recorded} but its config.yaml hashes to {expected}"
     if version == HASH_VERSION and record.get("group_hash") != group_hash(stored):
-        return f"its metrics.json says group_hash {record.get('group_hash')} but its config.yaml hashes to " \
-               f"{group_hash(stored)}"
+        return (
+            f"its metrics.json says group_hash {record.get('group_hash')} but its config.yaml hashes to "
+            f"{group_hash(stored)}"
+        )
     return None
 
 
@@ -223,8 +241,10 @@ def require_one_setting(label: str, run_dirs: Iterable[str | Path]) -> str | Non
     first = [one, next(d for d, h in known.items() if h != known[one])]  # the first two that differ
     configs = [stored_config(d) for d in first]
     keys = listing(differences(configs[0], configs[1], seed=False)) if None not in configs else "unknown"
-    raise ValueError(f"{label}: these runs are different configurations, not seeds of one: {named}; "
-                     f"{first[0]} and {first[1]} differ in {keys}. Give each configuration its own label")
+    raise ValueError(
+        f"{label}: these runs are different configurations, not seeds of one: {named}; "
+        f"{first[0]} and {first[1]} differ in {keys}. Give each configuration its own label"
+    )
 
 
 def runs_by_setting(runs_root: str | Path) -> dict[tuple[str, str | None], list[Path]]:

@@ -136,8 +136,9 @@ class WandbStartError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------ skipped images
-def count_skipped(splits: DatasetSplits,
-                  carried: dict[str, list[str]]) -> tuple[dict[str, int], dict[str, list[str]]]:
+def count_skipped(
+    splits: DatasetSplits, carried: dict[str, list[str]]
+) -> tuple[dict[str, int], dict[str, list[str]]]:
     """metrics.json's ``skipped_images`` (:meth:`DatasetSplits.skipped_images`: skipped at the header scan and
     at load time, per split) with the files found unreadable at load time before a resume (``carried``, from
     the checkpoint) counted in, each file once; and those files, for the next checkpoint."""
@@ -174,8 +175,14 @@ class RunLogger:
     )
     OFFLINE_FLUSH_TIMEOUT_S = 30.0  # finish(): how long to wait for wandb to write the offline run file
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, header: dict[str, Any], wandb_id: str | None = None,
-                 splits: DatasetSplits | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: DictConfig,
+        header: dict[str, Any],
+        wandb_id: str | None = None,
+        splits: DatasetSplits | None = None,
+    ) -> None:
         """``wandb_id``: continue that W&B run (a resumed run directory's, from its metrics.json) instead of
         starting one; ``splits``: the run's data, whose skipped images metrics.json counts at the end."""
         self.run_dir = Path(run_dir)
@@ -220,8 +227,12 @@ class RunLogger:
         self._wandb_continues = wandb_id is not None
         group = str(cfg.logger.get("group") or cfg.name)
         # The id is chosen, and kept in metrics.json, before W&B starts: a resume continues this W&B run.
-        self.record["wandb"] = {"mode": mode, "id": wandb_id or secrets.token_hex(6),  # no global RNG drawn
-                                "project": str(cfg.logger.project), "group": group}
+        self.record["wandb"] = {
+            "mode": mode,
+            "id": wandb_id or secrets.token_hex(6),  # no global RNG drawn
+            "project": str(cfg.logger.project),
+            "group": group,
+        }
         self.flush()
         timeout = float(cfg.logger.get("init_timeout_s") or 60)
         try:
@@ -260,8 +271,11 @@ class RunLogger:
         """What a checkpoint keeps of this record (:meth:`restore` takes it back): the evaluation history,
         the time elapsed since the run first started and the images found unreadable at load time."""
         skipped = count_skipped(self.splits, self._skipped_carried)[1] if self.splits is not None else {}
-        return {"history": self.record["history"], "elapsed_s": time.time() - self.start,
-                "skipped_at_load": skipped}
+        return {
+            "history": self.record["history"],
+            "elapsed_s": time.time() - self.start,
+            "skipped_at_load": skipped,
+        }
 
     def last_evaluation(self) -> dict[str, float]:
         """The metrics of the latest evaluation in the history ({} when there is none)."""
@@ -356,8 +370,10 @@ class RunLogger:
 def sync_hint(offline_dir: Path, run_id: str) -> str:
     """How to upload one W&B run written offline: every ``offline-run-*-<id>`` folder of it (a resumed run
     directory writes one more, with the same id), uploaded as that one run."""
-    return (f"W&B offline run {run_id} saved in {offline_dir}\n"
-            f"  upload it with: wandb sync {offline_dir.parent}/offline-run-*-{run_id}")
+    return (
+        f"W&B offline run {run_id} saved in {offline_dir}\n"
+        f"  upload it with: wandb sync {offline_dir.parent}/offline-run-*-{run_id}"
+    )
 
 
 # ------------------------------------------------------------------------------------ resuming
@@ -410,14 +426,28 @@ class SilentLogger:
         pass
 
 
-def open_run_logger(run_dir: Path, cfg: DictConfig, header: dict[str, Any], is_main: bool,
-                    resumed: Resumed | None, splits: DatasetSplits | None = None) -> RunLogger | SilentLogger:
+def open_run_logger(
+    run_dir: Path,
+    cfg: DictConfig,
+    header: dict[str, Any],
+    is_main: bool,
+    resumed: Resumed | None,
+    splits: DatasetSplits | None = None,
+) -> RunLogger | SilentLogger:
     """Rank 0 alone writes the run directory and talks to W&B: it writes config.yaml and opens a
     :class:`RunLogger`, which continues a resumed run's record (history, elapsed time, train_log rows up to
     its step, the W&B run); the other ranks get a :class:`SilentLogger`."""
-    log.info("run %s: %s | %s | %s on %s × %d (%d train / %d test images)", run_dir, header["loss"],
-             header["sampler"], header["dataset"], header["device"], header["world_size"], header["n_train"],
-             header["n_test"])
+    log.info(
+        "run %s: %s | %s | %s on %s × %d (%d train / %d test images)",
+        run_dir,
+        header["loss"],
+        header["sampler"],
+        header["dataset"],
+        header["device"],
+        header["world_size"],
+        header["n_train"],
+        header["n_test"],
+    )
     if not is_main:
         return SilentLogger()
     wandb_id = None

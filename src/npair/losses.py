@@ -178,7 +178,8 @@ def split_triplets(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, 
     if bad_pos.numel():
         t = int(bad_pos[0])
         raise ValueError(
-            f"triplets layout: triplet {t} has anchor class {int(lab[t, 0])} but positive class {int(lab[t, 1])}"
+            f"triplets layout: triplet {t} has anchor class {int(lab[t, 0])} "
+            f"but positive class {int(lab[t, 1])}"
         )
     bad_neg = torch.nonzero(lab[:, 0] == lab[:, 2]).flatten()
     if bad_neg.numel():
@@ -493,8 +494,10 @@ class NPairMCLoss(_EmbeddingLoss):
         if anchors not in self.ANCHORS:
             raise ValueError(f"anchors={anchors!r} must be one of {self.ANCHORS} (first: the paper's)")
         if anchors == "all" and symmetric:
-            raise ValueError("symmetric=true applies to anchors=first only: with anchors=all every image is "
-                             "already an anchor; set loss.symmetric=false")
+            raise ValueError(
+                "symmetric=true applies to anchors=first only: with anchors=all every image is "
+                "already an anchor; set loss.symmetric=false"
+            )
         self.symmetric = bool(symmetric)
         self.normalize_embeddings = bool(normalize_embeddings)
         self.temperature = _check_temperature(temperature)
@@ -514,8 +517,10 @@ class NPairMCLoss(_EmbeddingLoss):
         return loss
 
     def extra_repr(self) -> str:
-        return (f"anchors={self.anchors!r}, temperature={self.temperature}, "
-                f"normalize_embeddings={self.normalize_embeddings}, symmetric={self.symmetric}")
+        return (
+            f"anchors={self.anchors!r}, temperature={self.temperature}, "
+            f"normalize_embeddings={self.normalize_embeddings}, symmetric={self.symmetric}"
+        )
 
 
 class NPairOVOLoss(_EmbeddingLoss):

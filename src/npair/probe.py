@@ -46,8 +46,9 @@ class Probe:
         rng = np.random.default_rng(seed + 7919)
         eligible = [c for c in np.unique(labels) if np.sum(labels == c) >= 2]
         chosen = rng.choice(eligible, size=min(n_classes, len(eligible)), replace=False)
-        self.indices = [int(i) for c in chosen
-                        for i in rng.choice(np.flatnonzero(labels == c), 2, replace=False)]
+        self.indices = [
+            int(i) for c in chosen for i in rng.choice(np.flatnonzero(labels == c), 2, replace=False)
+        ]
         self.images = torch.stack([dataset[i][0] for i in self.indices])
         self.n = len(chosen)
 
@@ -62,7 +63,9 @@ class Probe:
         scores = emb[:, 0] @ emb[:, 1].T
         target = torch.arange(self.n, device=scores.device)
         pos, neg = scores.diagonal(), scores[target, (target + 1) % self.n]
-        return {"probe_nway_acc": (scores.argmax(1) == target).float().mean().item(),
-                "probe_2way_acc": (pos > neg).float().mean().item(),
-                "probe_nway_loss": nn.functional.cross_entropy(scores, target).item(),
-                "probe_2way_loss": nn.functional.softplus(neg - pos).mean().item()}
+        return {
+            "probe_nway_acc": (scores.argmax(1) == target).float().mean().item(),
+            "probe_2way_acc": (pos > neg).float().mean().item(),
+            "probe_nway_loss": nn.functional.cross_entropy(scores, target).item(),
+            "probe_2way_loss": nn.functional.softplus(neg - pos).mean().item(),
+        }

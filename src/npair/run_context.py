@@ -3,8 +3,10 @@ what DistributedDataParallel changes in a run (``trainer=ddp``). The exchanges b
 npair.collectives.
 
     torchrun --nproc_per_node=K -m npair.train trainer=ddp ...            # K GPUs (or K CPU processes)
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 -m npair.train trainer=ddp
-    python -m npair.train -m hydra/launcher=slurm hydra.launcher.tasks_per_node=K hydra.launcher.gpus_per_node=K trainer=ddp
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
+        -m npair.train trainer=ddp
+    python -m npair.train -m hydra/launcher=slurm hydra.launcher.tasks_per_node=K \\
+        hydra.launcher.gpus_per_node=K trainer=ddp
 
 What W ranks change, and why one process and W processes train the same model:
 
@@ -101,8 +103,11 @@ def setup(trainer: DictConfig, device: torch.device) -> tuple[Context, torch.dev
         torch.cuda.set_device(device)
     spec = str(trainer.ddp.backend)
     backend = ("nccl" if device.type == "cuda" else "gloo") if spec == "auto" else spec
-    dist.init_process_group(backend, timeout=timedelta(minutes=float(trainer.ddp.timeout_min)),
-                            **({"device_id": device} if backend == "nccl" else {}))
+    dist.init_process_group(
+        backend,
+        timeout=timedelta(minutes=float(trainer.ddp.timeout_min)),
+        **({"device_id": device} if backend == "nccl" else {}),
+    )
     if rank != 0:  # only rank 0 speaks; the others report warnings and errors
         logging.getLogger("npair").setLevel(logging.WARNING)
     return Context(rank, local_rank, world, backend), device
@@ -125,8 +130,9 @@ def gather_negatives(cfg: DictConfig, ctx: Context) -> None:
         cfg.loss.gather_across_ranks = True
 
 
-def for_training(model: nn.Module, loss_fn: nn.Module, trainer: DictConfig, ctx: Context,
-                 device: torch.device) -> tuple[nn.Module, nn.Module, float]:
+def for_training(
+    model: nn.Module, loss_fn: nn.Module, trainer: DictConfig, ctx: Context, device: torch.device
+) -> tuple[nn.Module, nn.Module, float]:
     """What the step loop calls: the model and the loss wrapped for DDP (:func:`wrap`), the model
     ``torch.compile``d with ``trainer.compile``, and the loss scale for ``backward()``
     (:func:`loss_scale`)."""

@@ -18,12 +18,11 @@ from omegaconf import OmegaConf
 
 METRICS_SCHEMA_VERSION = 1
 # The files of a run directory.
-METRICS_FILE = "metrics.json"      # provenance, evaluation history, final metrics, status (npair.loggers)
+METRICS_FILE = "metrics.json"  # provenance, evaluation history, final metrics, status (npair.loggers)
 CHECKPOINT_FILE = "checkpoint.pt"  # the last good training state (npair.checkpoint)
-CONFIG_FILE = "config.yaml"        # the resolved config
-TRAIN_LOG_FILE = "train_log.csv"   # one row per log step (npair.loggers.RunLogger.CSV_FIELDS)
-REEVAL_DIR = "eval"                # <run>/eval/<slug>.json: a table row's evaluate_with re-evaluation
-
+CONFIG_FILE = "config.yaml"  # the resolved config
+TRAIN_LOG_FILE = "train_log.csv"  # one row per log step (npair.loggers.RunLogger.CSV_FIELDS)
+REEVAL_DIR = "eval"  # <run>/eval/<slug>.json: a table row's evaluate_with re-evaluation
 
 
 TEMP_SUFFIX = ".tmp"  # atomic writes go through .<name>.<random>.tmp beside the file (remove_temp_files)
@@ -103,10 +102,19 @@ def git_commit(repo_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """The commit of the code that ran and whether the work tree had changes; nulls outside git."""
     cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+        )
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}

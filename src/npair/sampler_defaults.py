@@ -110,12 +110,23 @@ def default_sampler(loss: str, dirs: Sequence[Path]) -> str | None:
     try:
         layout = getattr(get_class(target), "layout", "any")
     except Exception as err:  # noqa: BLE001 - an unimportable loss must not stop the runs of other losses
-        log.warning("loss/%s.yaml: cannot import %s (%s), so its batch layout is unknown; %s",
-                    loss, target, err, advice)
+        log.warning(
+            "loss/%s.yaml: cannot import %s (%s), so its batch layout is unknown; %s",
+            loss,
+            target,
+            err,
+            advice,
+        )
         return None
     if layout not in SAMPLER_OF_LAYOUT:
-        log.warning("loss/%s.yaml: %s reads %r batches, a layout without a default sampler (known: %s); %s",
-                    loss, target, layout, ", ".join(SAMPLER_OF_LAYOUT), advice)
+        log.warning(
+            "loss/%s.yaml: %s reads %r batches, a layout without a default sampler (known: %s); %s",
+            loss,
+            target,
+            layout,
+            ", ".join(SAMPLER_OF_LAYOUT),
+            advice,
+        )
         return None
     return SAMPLER_OF_LAYOUT[layout]
 

@@ -337,7 +337,8 @@ class PairSampler(_BaseBatchSampler):
     ) -> None:
         if n_pairs < 1 or not 0.0 <= positive_fraction <= 1.0:
             raise ValueError(
-                f"PairSampler: n_pairs={n_pairs} must be >= 1 and positive_fraction={positive_fraction} in [0, 1]"
+                f"PairSampler: n_pairs={n_pairs} must be >= 1 "
+                f"and positive_fraction={positive_fraction} in [0, 1]"
             )
         self.n_pairs = int(n_pairs)
         self.n_positive = int(round(self.n_pairs * positive_fraction))
@@ -585,11 +586,13 @@ class HardNegativeClassSampler(_BaseBatchSampler):
             yield self._shard([pools.draw(cand_classes[p], self.n_per_class) for p in picks])
 
 
-def current_model_embedder(model: torch.nn.Module, dataset: Any, device: torch.device | str,
-                           batch_size: int = 512) -> Callable[[np.ndarray], Tensor]:
+def current_model_embedder(
+    model: torch.nn.Module, dataset: Any, device: torch.device | str, batch_size: int = 512
+) -> Callable[[np.ndarray], Tensor]:
     """``fn(indices) -> (n, D)`` for :meth:`HardNegativeClassSampler.set_embedder`: the dataset items embedded
     by ``model`` as it is when ``fn`` is called (eval mode, no gradient, chunks of ``batch_size``; the
     training mode is restored). Items are loaded in this process: no DataLoader is built per refresh."""
+
     def embed(indices: np.ndarray) -> Tensor:
         was_training = model.training
         model.eval()

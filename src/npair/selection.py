@@ -19,8 +19,9 @@ run directory is reused only for the config it must hold (npair.run_checks): sel
 before anything trains, final runs once the value is chosen; one of another config, or with a hand-written
 metrics.json, stops the build naming it and the differing keys (``--rerun-stale`` moves it aside).
 
-The command line is :mod:`npair.select`. The table runner (:mod:`npair.tables`) does the same for table rows with a ``select:`` entry; their final
-runs are the rows' usual ``outputs/runs/<experiment>/seed<k>/`` (see :func:`select_and_train`).
+The command line is :mod:`npair.select`. The table runner (:mod:`npair.tables`) does the same for table
+rows with a ``select:`` entry; their final runs are the rows' usual ``outputs/runs/<experiment>/seed<k>/``
+(see :func:`select_and_train`).
 """
 
 from __future__ import annotations

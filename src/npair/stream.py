@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class SkippingBatchSampler(Sampler[list[int]]):
-    """A batch sampler whose passes start ``n`` batches in (``skip_next(n)``), until ``skip_next`` is called again.
+    """A batch sampler whose passes start ``n`` batches in (``skip_next(n)``), until ``skip_next`` is called
+    again.
 
     The skip is not cleared by iterating: torch's multi-process DataLoader iterator calls ``iter()`` twice
     for its first pass, so :class:`BatchStream` sets the skip before every pass instead.
@@ -65,8 +66,9 @@ class BatchStream:
     the moment they are requested (see the module docstring), never ahead of the model.
     """
 
-    def __init__(self, loader: DataLoader, batch_sampler: SkippingBatchSampler, epoch: int = 0,
-                 position: int = 0) -> None:
+    def __init__(
+        self, loader: DataLoader, batch_sampler: SkippingBatchSampler, epoch: int = 0, position: int = 0
+    ) -> None:
         if loader.batch_sampler is not batch_sampler:
             raise ValueError("the DataLoader must be built with batch_sampler=<this SkippingBatchSampler>")
         if loader.generator is None:
@@ -93,8 +95,9 @@ class BatchStream:
                 batch = next(self._iterator)
             except StopIteration:
                 if self.position == 0:
-                    raise RuntimeError("the sampler produced no batch for a whole epoch; check the sampler's "
-                                       "settings") from None
+                    raise RuntimeError(
+                        "the sampler produced no batch for a whole epoch; check the sampler's settings"
+                    ) from None
                 self._iterator, self.epoch, self.position = None, self.epoch + 1, 0
                 continue
             self.position += 1
@@ -118,4 +121,3 @@ class BatchStream:
             raise RuntimeError("BatchStream.load_state_dict must come before the first batch is drawn")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.loader.generator.set_state(state["loader_generator"])
-

@@ -42,8 +42,10 @@ def spread_notes(metrics: list[dict[str, Any]], has_paper_se: bool = False) -> l
     for over, columns in averaged.items():
         labels = ", ".join(label for label, _ in columns)
         names = ", ".join(f"`{name}`" for _, name in columns)
-        notes.append(f"{labels}: each run's value is the mean over {AVERAGED_OVER[over]}; that spread "
-                     f"({names} in metrics.json, {SPREADS[over]}) is not the ± shown")
+        notes.append(
+            f"{labels}: each run's value is the mean over {AVERAGED_OVER[over]}; that spread "
+            f"({names} in metrics.json, {SPREADS[over]}) is not the ± shown"
+        )
     if has_paper_se:
         notes.append("↳ paper ±: the paper's own ± (it does not say over how many repeats)")
     return notes

@@ -76,8 +76,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         log.warning("%s is in use by %s: waiting until it is done", run_dir, holder)
 
     try:
-        with (locks.locked(locks.run_lock(run_dir), on_wait=waiting, enabled=ctx.is_main),
-              failures_recorded(run_dir, ctx.is_main)):
+        with (
+            locks.locked(locks.run_lock(run_dir), on_wait=waiting, enabled=ctx.is_main),
+            failures_recorded(run_dir, ctx.is_main),
+        ):
             if ctx.is_main:
                 remove_temp_files(run_dir)
             return train(cfg, run_dir, ctx, device)
@@ -99,7 +101,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     with collectives.main_process_first(ctx):
         splits: DatasetSplits = build_splits(cfg)  # with validation classes carved out for selection
     per_rank_batch = guards.per_rank_batch(cfg.sampler, ctx.world_size)  # impossible combinations fail here,
-    guards.check_sampler_fits_data(cfg, splits)                          # before any file of the run exists
+    guards.check_sampler_fits_data(cfg, splits)  # before any file of the run exists
     model, channels_last = build_train_model(cfg, device, sync_bn=ctx.enabled and trainer.ddp.sync_batchnorm)
     loss_fn: nn.Module = build_loss(cfg, splits).to(device)
     sampler = build_sampler(cfg, splits, per_rank_batch, ctx.world_size, ctx.rank)
@@ -113,15 +115,23 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     batches = batch_stream(splits.train, sampler, trainer, device, int(cfg.seed))
     probe = build_probe(cfg, splits.train)
     # Everything a checkpoint restores, by checkpoint key: saved and loaded through this one map.
-    stateful = {"model": model, "loss": loss_fn, "optimizer": optimizer, "scheduler": scheduler,
-                "scaler": scaler, "sampler": sampler, "stream": batches}
+    stateful = {
+        "model": model,
+        "loss": loss_fn,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "scaler": scaler,
+        "sampler": sampler,
+        "stream": batches,
+    }
 
     resumed = ckpt.restore(resume, stateful, cfg, ctx, run_dir)  # None, or the states of the interrupted run
     resumed_at = resumed.step if resumed else None
     header = run_header(cfg, splits, evaluator, device, amp_dtype, probe, ctx.world_size, resumed_at)
     logger = open_run_logger(run_dir, cfg, header, ctx.is_main, resumed, splits)
-    saver = ckpt.Checkpointer(run_dir / CHECKPOINT_FILE, stateful, logger, cfg, ctx, trainer.save_checkpoint,
-                              resumed_at)
+    saver = ckpt.Checkpointer(
+        run_dir / CHECKPOINT_FILE, stateful, logger, cfg, ctx, trainer.save_checkpoint, resumed_at
+    )
 
     def evaluate_and_save(step: int) -> dict[str, float]:
         metrics = evaluate_model(model, loss_fn, splits, evaluator, cfg, device) if ctx.is_main else {}
@@ -139,8 +149,15 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     step = done = resumed_at or 0
     status, final, stop = "completed", {}, ckpt.GracefulStop()
     train_model.train()
-    bar = tqdm(total=max_steps, initial=step, desc=cfg.name, unit="step", dynamic_ncols=True, mininterval=1.0,
-               disable=not (trainer.progress_bar and ctx.is_main))
+    bar = tqdm(
+        total=max_steps,
+        initial=step,
+        desc=cfg.name,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=not (trainer.progress_bar and ctx.is_main),
+    )
     window_start, window_images = time.perf_counter(), 0
     try:
         with stop.installed():
@@ -172,8 +189,18 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
                 window_images += len(images) * ctx.world_size
                 if step % log_every == 0 or step == max_steps:
                     rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                    row = train_row(step, epoch, loss, embeddings, loss_scale, ctx,
-                                    scheduler.get_last_lr()[0], rate, sampler.layout, n_per_class)
+                    row = train_row(
+                        step,
+                        epoch,
+                        loss,
+                        embeddings,
+                        loss_scale,
+                        ctx,
+                        scheduler.get_last_lr()[0],
+                        rate,
+                        sampler.layout,
+                        n_per_class,
+                    )
                     if probe is not None and ctx.is_main:
                         row.update(probe(model, device))
                     logger.log_train(row)
@@ -194,8 +221,12 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     except KeyboardInterrupt:
         bar.close()
         status, final = "interrupted", logger.last_evaluation()
-        log.warning("interrupted after step %d: the run %s; resume with the same command and "
-                    "hydra.run.dir=%s", done, saver.kept(), run_dir)
+        log.warning(
+            "interrupted after step %d: the run %s; resume with the same command and hydra.run.dir=%s",
+            done,
+            saver.kept(),
+            run_dir,
+        )
     except BaseException as err:
         bar.close()
         logger.finish("failed", {}, {"steps_done": done, "error": f"{type(err).__name__}: {err}"})
@@ -206,14 +237,29 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     return collectives.broadcast_object(final, ctx)
 
 
-def train_row(step: int, epoch: int, loss: Tensor, embeddings: Tensor, loss_scale: float, ctx: Context,
-              lr: float, images_per_s: float, layout: str, n_per_class: int) -> dict[str, Any]:
+def train_row(
+    step: int,
+    epoch: int,
+    loss: Tensor,
+    embeddings: Tensor,
+    loss_scale: float,
+    ctx: Context,
+    lr: float,
+    images_per_s: float,
+    layout: str,
+    n_per_class: int,
+) -> dict[str, Any]:
     """One train_log.csv row: the global batch's loss and its training-curve accuracy (docs/paper.md §5.5)."""
     batch_loss = loss if loss_scale != 1 else collectives.mean_over_ranks(loss, ctx)  # the global batch's
     global_batch = collectives.gather_no_grad(embeddings.detach().float()) if ctx.enabled else embeddings
-    return {"step": step, "epoch": epoch, "loss": batch_loss.item(), "lr": lr,
-            "images_per_s": round(images_per_s, 1),
-            "batch_acc": batch_accuracy(global_batch, layout, n_per_class)}
+    return {
+        "step": step,
+        "epoch": epoch,
+        "loss": batch_loss.item(),
+        "lr": lr,
+        "images_per_s": round(images_per_s, 1),
+        "batch_acc": batch_accuracy(global_batch, layout, n_per_class),
+    }
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

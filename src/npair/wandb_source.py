@@ -1,5 +1,6 @@
-"""Run records from W&B: a W&B project (``fetch_records``) or offline run files (``offline_records``), and
-whether W&B credentials are at hand without a prompt (``wandb_api_key_available``, also used by npair.loggers).
+"""Run records from W&B: a W&B project (``fetch_records``) or offline run files (``offline_records``),
+and whether W&B credentials are at hand without a prompt (``wandb_api_key_available``, also used by
+npair.loggers).
 
 Each record has the shape of a run's ``metrics.json`` as far as the table builder reads it::
 

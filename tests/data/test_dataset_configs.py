@@ -1,4 +1,5 @@
-"""configs/dataset/*.yaml (real datasets + folder) instantiate on the tiny fake_data; backbone configs build."""
+"""configs/dataset/*.yaml (real datasets + folder) instantiate on the tiny fake_data; backbone configs
+build."""
 
 from __future__ import annotations
 

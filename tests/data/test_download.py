@@ -1,4 +1,5 @@
-"""Download/verify/extract without network: a local HTTP server on 127.0.0.1 (Range/resume) and file:// URLs."""
+"""Download/verify/extract without network: a local HTTP server on 127.0.0.1 (Range/resume) and file://
+URLs."""
 
 from __future__ import annotations
 

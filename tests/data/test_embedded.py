@@ -67,10 +67,13 @@ def test_batched_fetch_matches_single_items(tmp_path: Path) -> None:
         assert torch.equal(img, single) and label == single_label
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"n_classes": 7}, "n_classes must be an even number"),
-    ({"images_per_class": 1}, "images_per_class must be >= 2"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_classes": 7}, "n_classes must be an even number"),
+        ({"images_per_class": 1}, "images_per_class must be >= 2"),
+    ],
+)
 def test_glyphs_bad_parameters_name_the_key(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_glyphs(tmp_path, **kwargs)

@@ -51,7 +51,7 @@ def test_counts_guard_uses_paper_counts_for_car333(tmp_path, fake_data):
 
 def test_string_labels_and_bad_lines(tmp_path, fake_data):
     root = tmp_path / "flowers"
-    for k, name in enumerate(["rose", "tulip", "rose", "tulip"]):
+    for k, _name in enumerate(["rose", "tulip", "rose", "tulip"]):
         fake_data["image"](root / f"{k}.jpg", seed=k)
     (root / "list.txt").write_text("0.jpg rose train\n1.jpg tulip train\n2.jpg rose test\n3.jpg tulip test\n")
     splits = build_listfile(root, name="flower610")

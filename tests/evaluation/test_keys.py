@@ -35,8 +35,8 @@ def test_every_standard_error_the_evaluator_emits_names_its_spread():
     )(EmbeddingSet(x, labels), extras=extras)  # fmt: skip
     se_keys = {k for k in out if "_se" in k}
     assert se_keys == {
-        "nmi_se_kmeans_seeds", "f1_se_kmeans_seeds", "vrf_neg1_se_negative_draws", "vrf_neg3_se_negative_draws",
-        "lfw_acc_se_folds", "rank1_se_trials", "dir@far=1%_se_trials",
+        "nmi_se_kmeans_seeds", "f1_se_kmeans_seeds", "vrf_neg1_se_negative_draws",
+        "vrf_neg3_se_negative_draws", "lfw_acc_se_folds", "rank1_se_trials", "dir@far=1%_se_trials",
     }  # fmt: skip
     assert all(spread_of(k) is not None and spread_of(k)[1] in SPREADS for k in se_keys)
     assert not any(k.endswith("_se") for k in out)

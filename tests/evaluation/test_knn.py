@@ -166,10 +166,12 @@ def test_loading_faiss_logs_nothing_below_warning() -> None:
     import sys
 
     pytest.importorskip("faiss")
-    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
-            "from npair.evaluation.knn import faiss_available\n"
-            "assert faiss_available()\n"
-            "logging.getLogger('npair').info('evaluation ready')\n")
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "from npair.evaluation.knn import faiss_available\n"
+        "assert faiss_available()\n"
+        "logging.getLogger('npair').info('evaluation ready')\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "faiss.loader" not in result.stderr and "ModuleNotFoundError" not in result.stderr

@@ -12,8 +12,16 @@ from npair.models.small_convnet import SmallConvNet
 
 @pytest.mark.parametrize("size", [8, 32])
 def test_small_convnet_gives_configured_embedding(size: int) -> None:
-    cfg = OmegaConf.create({"net": {"_target_": "npair.models.small_convnet.SmallConvNet", "in_channels": 1,
-                                    "widths": [4, 8, 8, 16]}, "head_init": "default"})
+    cfg = OmegaConf.create(
+        {
+            "net": {
+                "_target_": "npair.models.small_convnet.SmallConvNet",
+                "in_channels": 1,
+                "widths": [4, 8, 8, 16],
+            },
+            "head_init": "default",
+        }
+    )
     model = build_model(cfg, embedding_dim=12)
     x = torch.randn(3, 1, size, size)
     out = model(x)

@@ -11,17 +11,31 @@ import bench_train
 
 
 def _run(loss: str, compiled: bool, round_: int, rate: float, memory: float | None = None) -> dict:
-    return {"loss": loss, "compile": compiled, "round": round_, "images_per_s": rate, "warmup_s": 1.0 + compiled,
-            "gpu_memory": {"peak_allocated_gib": memory} if memory is not None else None}
+    return {
+        "loss": loss,
+        "compile": compiled,
+        "round": round_,
+        "images_per_s": rate,
+        "warmup_s": 1.0 + compiled,
+        "gpu_memory": {"peak_allocated_gib": memory} if memory is not None else None,
+    }
 
 
 def test_summary_takes_medians_over_rounds_and_pairs_compile_runs_by_round() -> None:
-    runs = [_run("npair_mc", False, 1, 100.0, 5.0), _run("npair_mc", True, 1, 150.0, 4.0),
-            _run("npair_mc", False, 2, 200.0, 5.5), _run("npair_mc", True, 2, 220.0, 4.5),
-            _run("npair_mc", False, 3, 120.0, 5.0), _run("npair_mc", True, 3, 240.0, 4.0)]
+    runs = [
+        _run("npair_mc", False, 1, 100.0, 5.0),
+        _run("npair_mc", True, 1, 150.0, 4.0),
+        _run("npair_mc", False, 2, 200.0, 5.5),
+        _run("npair_mc", True, 2, 220.0, 4.5),
+        _run("npair_mc", False, 3, 120.0, 5.0),
+        _run("npair_mc", True, 3, 240.0, 4.0),
+    ]
     off, on = bench_train.summarise(runs)
     assert (off["compile"], on["compile"]) == (False, True)
-    assert off["images_per_s_median"] == 120.0 and (off["images_per_s_min"], off["images_per_s_max"]) == (100, 200)
+    assert off["images_per_s_median"] == 120.0 and (off["images_per_s_min"], off["images_per_s_max"]) == (
+        100,
+        200,
+    )
     assert off["peak_gpu_allocated_gib"] == 5.5 and off["speedup_vs_compile_off"] is None
     assert on["speedup_vs_compile_off"] == pytest.approx(1.5)  # median of 1.5, 1.1, 2.0
     assert on["warmup_s_median"] == 2.0 and on["rounds"] == 3

@@ -30,14 +30,14 @@ print("stage output for the log", flush=True)
 """
 BODIES = {
     "pass": 'json.dump({"status": "pass", "checks": [{"name": "it works", "ok": True, "detail": 1}], '
-            '"figures": {"value": 42}, "notes": []}, open(args.result, "w"))',
+    '"figures": {"value": 42}, "notes": []}, open(args.result, "w"))',
     "fail": 'json.dump({"status": "fail", "checks": [{"name": "it works", "ok": False, "detail": "no"}], '
-            '"figures": {}, "notes": []}, open(args.result, "w")); sys.exit(1)',
+    '"figures": {}, "notes": []}, open(args.result, "w")); sys.exit(1)',
     "crash": "sys.exit(3)",
     "hang": 'json.dump({"status": "pass", "checks": [{"name": "first part", "ok": True, "detail": 1}], '
-            '"figures": {}, "notes": []}, open(args.result, "w")); '
-            'child = subprocess.Popen(["sleep", "60"]); open(os.path.join(args.work, "child.pid"), "w")'
-            ".write(str(child.pid)); time.sleep(60)",
+    '"figures": {}, "notes": []}, open(args.result, "w")); '
+    'child = subprocess.Popen(["sleep", "60"]); open(os.path.join(args.work, "child.pid"), "w")'
+    ".write(str(child.pid)); time.sleep(60)",
 }
 
 
@@ -55,21 +55,37 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
-def test_every_stage_runs_and_a_failing_crashing_or_hanging_one_is_recorded(tmp_path: Path, monkeypatch) -> None:
-    stages = tuple(Stage(n, name, _script(tmp_path, kind), {"cpu-smoke": 3 if kind == "hang" else 60})
-                   for n, name, kind in [(1, "environment", "pass"), (2, "training_speed", "fail"),
-                                         (3, "evaluator", "crash"), (4, "kill_and_resume", "hang"),
-                                         (5, "multi_process", "pass")])
+def test_every_stage_runs_and_a_failing_crashing_or_hanging_one_is_recorded(
+    tmp_path: Path, monkeypatch
+) -> None:
+    stages = tuple(
+        Stage(n, name, _script(tmp_path, kind), {"cpu-smoke": 3 if kind == "hang" else 60})
+        for n, name, kind in [
+            (1, "environment", "pass"),
+            (2, "training_speed", "fail"),
+            (3, "evaluator", "crash"),
+            (4, "kill_and_resume", "hang"),
+            (5, "multi_process", "pass"),
+        ]
+    )
     monkeypatch.setattr(gpu_check, "STAGES", stages)
     (tmp_path / "wheels").mkdir()
     out, work = tmp_path / "results", tmp_path / "work"
-    code = gpu_check.main([str(out), "--cpu-smoke", "--wheels", str(tmp_path / "wheels"), "--work", str(work)])
+    code = gpu_check.main(
+        [str(out), "--cpu-smoke", "--wheels", str(tmp_path / "wheels"), "--work", str(work)]
+    )
 
     assert code == 1
     payload = json.loads((out / "gpu_check.json").read_text())
     assert payload["mode"] == "cpu-smoke" and payload["schema_version"] == 1
     assert [(r["stage"], r["status"]) for r in payload["stages"]] == [
-        (0, "pass"), (1, "pass"), (2, "fail"), (3, "fail"), (4, "fail"), (5, "pass")]
+        (0, "pass"),
+        (1, "pass"),
+        (2, "fail"),
+        (3, "fail"),
+        (4, "fail"),
+        (5, "pass"),
+    ]
     assert payload["summary"]["failed"] == ["2 training_speed", "3 evaluator", "4 kill_and_resume"]
     by_name = {r["name"]: r for r in payload["stages"]}
     assert by_name["environment"]["figures"] == {"value": 42}
@@ -80,13 +96,21 @@ def test_every_stage_runs_and_a_failing_crashing_or_hanging_one_is_recorded(tmp_
     assert by_name["kill_and_resume"]["seconds"] < 30
     assert not _running(int((work / "child.pid").read_text()))  # the stage's whole process group was killed
     logs = sorted(p.name for p in (out / "logs").iterdir())
-    assert logs == ["0_wheels.log", "1_environment.log", "2_training_speed.log", "3_evaluator.log",
-                    "4_kill_and_resume.log", "5_multi_process.log"]
+    assert logs == [
+        "0_wheels.log",
+        "1_environment.log",
+        "2_training_speed.log",
+        "3_evaluator.log",
+        "4_kill_and_resume.log",
+        "5_multi_process.log",
+    ]
     assert "stage output for the log" in (out / "logs" / "5_multi_process.log").read_text()
 
 
 def test_all_stages_passing_exits_zero_and_keeps_no_scratch_folder(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(gpu_check, "STAGES", (Stage(1, "environment", _script(tmp_path, "pass"), {"gpu": 60}),))
+    monkeypatch.setattr(
+        gpu_check, "STAGES", (Stage(1, "environment", _script(tmp_path, "pass"), {"gpu": 60}),)
+    )
     monkeypatch.setattr(gpu_check.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "scratch"))
     (tmp_path / "wheels").mkdir()
     assert gpu_check.main([str(tmp_path / "out"), "--wheels", str(tmp_path / "wheels")]) == 0
@@ -101,7 +125,9 @@ def test_a_missing_wheel_folder_is_named(tmp_path: Path) -> None:
 
 
 def test_the_gpu_budgets_and_the_install_fit_in_eight_minutes() -> None:
-    assert gpu_check.INSTALL_BUDGET_S + sum(s.budget_s["gpu"] for s in gpu_check.STAGES) <= 8 * 60 - 5  # driver
+    assert (
+        gpu_check.INSTALL_BUDGET_S + sum(s.budget_s["gpu"] for s in gpu_check.STAGES) <= 8 * 60 - 5
+    )  # driver
     assert [s.number for s in gpu_check.STAGES] == [1, 2, 3, 4, 5]
     assert all((gpu_check.SCRIPTS / s.script).exists() for s in gpu_check.STAGES)
 
@@ -112,8 +138,21 @@ def test_a_stage_that_raises_is_a_failed_check_in_its_result(tmp_path: Path, mon
         raise RuntimeError("CUDA error: out of memory")
 
     result_path = tmp_path / "r.json"
-    monkeypatch.setattr(sys, "argv", ["stage", "--mode", "gpu", "--work", str(tmp_path / "w"), "--result",
-                                      str(result_path), "--budget-s", "5"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "stage",
+            "--mode",
+            "gpu",
+            "--work",
+            str(tmp_path / "w"),
+            "--result",
+            str(result_path),
+            "--budget-s",
+            "5",
+        ],
+    )
     with pytest.raises(SystemExit) as exit_:
         stage_main(broken)
     assert exit_.value.code == 1
@@ -143,8 +182,8 @@ def test_the_nondeterminism_warning_names_the_op() -> None:
     from gpu_check_resume import NONDETERMINISTIC
 
     line = textwrap.dedent("""\
-        UserWarning: max_pool2d_with_indices_backward_cuda does not have a deterministic implementation, but you
-        set 'torch.use_deterministic_algorithms(True, warn_only=True)'.""")
+        UserWarning: max_pool2d_with_indices_backward_cuda does not have a deterministic implementation, but
+        you set 'torch.use_deterministic_algorithms(True, warn_only=True)'.""")
     assert NONDETERMINISTIC.findall(line) == ["max_pool2d_with_indices_backward_cuda"]
 
 
@@ -158,4 +197,6 @@ def test_the_evaluator_subsample_keeps_whole_classes() -> None:
     sub = class_subsample(labels, 200)
     chosen = np.unique(labels[sub])
     assert 200 <= len(sub) < 200 + np.bincount(labels).max()
-    assert np.array_equal(np.sort(sub), np.flatnonzero(np.isin(labels, chosen)))  # every item of those classes
+    assert np.array_equal(
+        np.sort(sub), np.flatnonzero(np.isin(labels, chosen))
+    )  # every item of those classes

@@ -21,18 +21,28 @@ def _wheel(folder: Path, name: str, version: str, module: str) -> Path:
     with zipfile.ZipFile(path, "w") as wheel:
         wheel.writestr(f"{module}.py", "VALUE = 7\n")
         wheel.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        wheel.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                             "Tag: py3-none-any\n")
-        wheel.writestr(f"{dist_info}/RECORD", f"{module}.py,,\n{dist_info}/METADATA,,\n{dist_info}/WHEEL,,\n"
-                                              f"{dist_info}/RECORD,,\n")
+        wheel.writestr(
+            f"{dist_info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        wheel.writestr(
+            f"{dist_info}/RECORD",
+            f"{module}.py,,\n{dist_info}/METADATA,,\n{dist_info}/WHEEL,,\n{dist_info}/RECORD,,\n",
+        )
     return path
 
 
-@pytest.mark.parametrize("filename, expected", [
-    ("hydra_core-1.3.8-py3-none-any.whl", ("hydra-core", "1.3.8")),
-    ("faiss_cpu-1.15.1-cp310-abi3-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", ("faiss-cpu", "1.15.1")),
-    ("Pillow-10.0.0-1-cp312-cp312-manylinux_2_28_x86_64.whl", ("pillow", "10.0.0")),  # with a build tag
-])
+@pytest.mark.parametrize(
+    "filename, expected",
+    [
+        ("hydra_core-1.3.8-py3-none-any.whl", ("hydra-core", "1.3.8")),
+        (
+            "faiss_cpu-1.15.1-cp310-abi3-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+            ("faiss-cpu", "1.15.1"),
+        ),
+        ("Pillow-10.0.0-1-cp312-cp312-manylinux_2_28_x86_64.whl", ("pillow", "10.0.0")),  # with a build tag
+    ],
+)
 def test_wheel_file_names_give_the_distribution_and_version(filename: str, expected: tuple[str, str]) -> None:
     assert gpu_wheels.parse_wheel(Path(filename)) == expected
 
@@ -59,8 +69,13 @@ def test_install_puts_only_the_missing_packages_into_the_target(tmp_path: Path) 
     assert report["installed"] == [probe.name]
     assert report["already_present"]["numpy"]["wheel"] == "0.0.1"
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    out = subprocess.run([sys.executable, "-c", "import npair_gpu_check_probe as p; print(p.VALUE)"], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "import npair_gpu_check_probe as p; print(p.VALUE)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "7"
 
 
@@ -77,6 +92,8 @@ def test_the_budget_counts_the_checkout_and_the_wheels(tmp_path: Path) -> None:
 
 
 def test_the_pinned_wheels_are_one_version_each() -> None:
-    names = [gpu_wheels.normalise(s.split("==")[0]) for s in
-             [*gpu_wheels.PACKAGES, *gpu_wheels.BUILT_LOCALLY, *gpu_wheels.FAISS["cpu"]]]
+    names = [
+        gpu_wheels.normalise(s.split("==")[0])
+        for s in [*gpu_wheels.PACKAGES, *gpu_wheels.BUILT_LOCALLY, *gpu_wheels.FAISS["cpu"]]
+    ]
     assert len(names) == len(set(names)) and all("==" in s for s in gpu_wheels.PACKAGES)

@@ -26,7 +26,8 @@ from npair.data.images import (
 NAME = "cub200"
 LAYOUT = """\
   CUB_200_2011/                  <- dataset.root
-    images.txt                   "<image_id> <relative path>", e.g. "1 001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg"
+    images.txt                   "<image_id> <relative path>", e.g. "1 001.Black_footed_Albatross/\
+Black_Footed_Albatross_0046_18.jpg"
     image_class_labels.txt       "<image_id> <class_id 1..200>"
     images/001.Black_footed_Albatross/*.jpg ... images/200.Common_Yellowthroat/*.jpg"""
 PUBLISHED_COUNTS = {"train_images": 5864, "test_images": 5924, "train_classes": 100, "test_classes": 100}

@@ -448,7 +448,8 @@ def status_table(root: str | os.PathLike[str] = "data") -> str:
             here = not missing_paths(root_path / source.target, source) if source.target else False
         where = str(root_path / source.target) if here and source.target else ("yes" if here else "-")
         rows.append(
-            f"| {source.name} | {source.status} | {where} | `python -m npair.data.download {source.name} --root {root}` |"
+            f"| {source.name} | {source.status} | {where} | "
+            f"`python -m npair.data.download {source.name} --root {root}` |"
         )
     return "\n".join(rows)
 
@@ -456,7 +457,8 @@ def status_table(root: str | os.PathLike[str] = "data") -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m npair.data.download",
-        description="Download, verify and install datasets (or print how to obtain those that need a request).",
+        description="Download, verify and install datasets "
+        "(or print how to obtain those that need a request).",
     )
     parser.add_argument("names", nargs="*", metavar="name", help=f"one or more of: {', '.join(SOURCES)}")
     parser.add_argument("--root", default="data", help="folder that holds the datasets (default: data)")

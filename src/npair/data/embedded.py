@@ -32,7 +32,9 @@ class InMemoryImages(torch.utils.data.Dataset):
 
     def __init__(self, images: Tensor, labels: np.ndarray) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"expected a uint8 (n, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"expected a uint8 (n, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}"
+            )
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
@@ -88,6 +90,7 @@ def build_digits(test_fraction: float = 0.3, split_seed: int = 0) -> DatasetSpli
 # --------------------------------------------------------------------------------------- glyphs
 GLYPHS_VERSION = 1  # bump when the generator's output changes for the same parameters
 
+
 def _bezier_points(control: Tensor, n_points: int) -> Tensor:
     """Points along quadratic Bézier strokes. control: (..., 3, 2) → (..., n_points, 2)."""
     t = torch.linspace(0.0, 1.0, n_points, dtype=control.dtype).view(-1, 1)
@@ -136,8 +139,9 @@ def generate_glyphs(
         proto = 0.15 + 0.7 * torch.rand(n_classes, max_strokes, 3, 2, generator=gen, dtype=torch.float64)
     else:
         if family_size < 1 or n_classes % family_size:
-            raise ValueError(f"dataset.build.family_size={family_size} must be >= 1 and divide "
-                             f"n_classes={n_classes}")
+            raise ValueError(
+                f"dataset.build.family_size={family_size} must be >= 1 and divide n_classes={n_classes}"
+            )
         n_families = n_classes // family_size
         n_strokes = torch.randint(strokes[0], strokes[1] + 1, (n_families,), generator=gen)
         parent = 0.15 + 0.7 * torch.rand(n_families, max_strokes, 3, 2, generator=gen, dtype=torch.float64)
@@ -145,14 +149,18 @@ def generate_glyphs(
         proto = parent.repeat_interleave(family_size, dim=0)
         proto = proto + family_jitter * torch.randn(proto.shape, generator=gen, dtype=torch.float64)
     slot = torch.arange(max_strokes).view(1, -1)
-    proto = torch.where((slot < n_strokes.view(-1, 1)).view(n_classes, max_strokes, 1, 1), proto, proto[:, :1])
+    proto = torch.where(
+        (slot < n_strokes.view(-1, 1)).view(n_classes, max_strokes, 1, 1), proto, proto[:, :1]
+    )
     n = n_classes * images_per_class
     control = proto.repeat_interleave(images_per_class, dim=0)
     control = control + control_jitter * torch.randn(control.shape, generator=gen, dtype=torch.float64)
     points = _bezier_points(control, n_points=24).reshape(n, -1, 2)
     # Random pose: rotation, isotropic scale and shift about the image centre.
     angle = torch.deg2rad(max_rotation_deg * (2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1))
-    scale = scale_range[0] + (scale_range[1] - scale_range[0]) * torch.rand(n, generator=gen, dtype=torch.float64)
+    scale = scale_range[0] + (scale_range[1] - scale_range[0]) * torch.rand(
+        n, generator=gen, dtype=torch.float64
+    )
     shift = max_shift * (2 * torch.rand(n, 1, 2, generator=gen, dtype=torch.float64) - 1)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (n, 2, 2)
@@ -164,8 +172,15 @@ def generate_glyphs(
     return images, labels
 
 
-def build_glyphs(root: str | os.PathLike, n_classes: int = 400, images_per_class: int = 50,
-                 image_size: int = 32, seed: int = 0, cache: bool = True, **generator_kwargs) -> DatasetSplits:
+def build_glyphs(
+    root: str | os.PathLike,
+    n_classes: int = 400,
+    images_per_class: int = 50,
+    image_size: int = 32,
+    seed: int = 0,
+    cache: bool = True,
+    **generator_kwargs,
+) -> DatasetSplits:
     """Generated glyphs; the first half of the classes trains, the unseen second half tests.
 
     The generated set is cached at ``root/glyphs-<hash of the parameters>.pt``.
@@ -176,14 +191,22 @@ def build_glyphs(root: str | os.PathLike, n_classes: int = 400, images_per_class
         raise ValueError(f"dataset.build.images_per_class must be >= 2, got {images_per_class}")
     family_size = int(generator_kwargs.get("family_size", 1))
     if family_size < 1 or (n_classes // 2) % family_size:
-        raise ValueError(f"dataset.build.family_size={family_size} must be >= 1 and divide the "
-                         f"{n_classes // 2} training (and test) classes, so that no family spans both splits")
+        raise ValueError(
+            f"dataset.build.family_size={family_size} must be >= 1 and divide the "
+            f"{n_classes // 2} training (and test) classes, so that no family spans both splits"
+        )
     unknown = set(generator_kwargs) - set(inspect.signature(generate_glyphs).parameters)
     if unknown:
         raise TypeError(f"dataset.build: unknown glyphs parameter(s) {sorted(unknown)}")
     defaults = {k: p.default for k, p in inspect.signature(generate_glyphs).parameters.items()}
-    params = {**defaults, **generator_kwargs, "n_classes": n_classes, "images_per_class": images_per_class,
-              "image_size": image_size, "seed": seed}
+    params = {
+        **defaults,
+        **generator_kwargs,
+        "n_classes": n_classes,
+        "images_per_class": images_per_class,
+        "image_size": image_size,
+        "seed": seed,
+    }
     params = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in params.items()}
     # Every generator parameter (defaults included) and the generator version name the cache file; without
     # families (family_size = 1) the family keys are left out, so those files keep the names they had.
@@ -198,7 +221,9 @@ def build_glyphs(root: str | os.PathLike, n_classes: int = 400, images_per_class
         except Exception as err:  # a truncated or foreign file: regenerate rather than fail
             raise RuntimeError(f"glyphs cache {path} is unreadable ({err}); delete it to regenerate") from err
     else:
-        images, labels = generate_glyphs(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items()})
+        images, labels = generate_glyphs(
+            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items()}
+        )
         if cache:
             # atomic, and readable as the umask allows (colleagues on a shared machine reuse the cache)
             atomic_torch_save(path, {"images": images, "labels": torch.from_numpy(labels), "params": params})
@@ -214,7 +239,9 @@ def glyphs_grid(splits: DatasetSplits, n_classes: int = 8, per_class: int = 8) -
 
     ds = splits.train
     idx = [int(i) for c in range(n_classes) for i in np.flatnonzero(ds.labels == c)[:per_class]]
-    return make_grid(torch.stack([ds[i][0] for i in idx]), nrow=per_class, normalize=True, value_range=(-1, 1))
+    return make_grid(
+        torch.stack([ds[i][0] for i in idx]), nrow=per_class, normalize=True, value_range=(-1, 1)
+    )
 
 
 __all__ = ["InMemoryImages", "build_digits", "build_glyphs", "generate_glyphs", "glyphs_grid"]

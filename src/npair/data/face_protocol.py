@@ -25,8 +25,10 @@ def make_pairs(labels: np.ndarray, n_folds: int = 10, pairs_per_fold: int = 600,
     rng = np.random.default_rng(seed)
     classes = rng.permutation(np.unique(labels))
     if len(classes) < 2 * n_folds:
-        raise ValueError(f"face protocol: {len(classes)} identities cannot make {n_folds} identity-disjoint folds "
-                         f"(need >= {2 * n_folds}); lower n_folds")
+        raise ValueError(
+            f"face protocol: {len(classes)} identities cannot make {n_folds} identity-disjoint folds "
+            f"(need >= {2 * n_folds}); lower n_folds"
+        )
     rows = []
     for fold, fold_classes in enumerate(np.array_split(classes, n_folds)):
         members = {c: np.flatnonzero(labels == c) for c in fold_classes}
@@ -43,23 +45,32 @@ def make_pairs(labels: np.ndarray, n_folds: int = 10, pairs_per_fold: int = 600,
     return np.asarray(rows, dtype=np.int64)
 
 
-def make_identification(labels: np.ndarray, n_trials: int = 10, gallery_fraction: float = 0.5,
-                        seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def make_identification(
+    labels: np.ndarray, n_trials: int = 10, gallery_fraction: float = 0.5, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per trial: gallery (one image per enrolled identity) and probes (all other images)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed + 1)
     classes = np.unique(labels)
     galleries, probes = [], []
     for _ in range(n_trials):
-        enrolled = rng.choice(classes, size=max(1, int(round(gallery_fraction * len(classes)))), replace=False)
+        enrolled = rng.choice(
+            classes, size=max(1, int(round(gallery_fraction * len(classes)))), replace=False
+        )
         gallery = np.sort([rng.choice(np.flatnonzero(labels == c)) for c in enrolled]).astype(np.int64)
         galleries.append(gallery)
         probes.append(np.setdiff1d(np.arange(len(labels)), gallery).astype(np.int64))
     return galleries, probes
 
 
-def face_protocol_extras(labels: np.ndarray, n_folds: int = 10, pairs_per_fold: int = 600, n_trials: int = 10,
-                         gallery_fraction: float = 0.5, seed: int = 0) -> dict[str, Any]:
+def face_protocol_extras(
+    labels: np.ndarray,
+    n_folds: int = 10,
+    pairs_per_fold: int = 600,
+    n_trials: int = 10,
+    gallery_fraction: float = 0.5,
+    seed: int = 0,
+) -> dict[str, Any]:
     gallery, probes = make_identification(labels, n_trials, gallery_fraction, seed)
     return {"pairs": make_pairs(labels, n_folds, pairs_per_fold, seed), "gallery": gallery, "probes": probes}
 

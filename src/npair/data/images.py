@@ -414,7 +414,8 @@ def image_splits(
         unknown = np.setdiff1d(np.unique(test_raw), classes)
         if unknown.size:
             raise ValueError(
-                f"{name}: seen-class protocol, but test classes {unknown.tolist()[:10]} have no training images"
+                f"{name}: seen-class protocol, but test classes {unknown.tolist()[:10]} "
+                "have no training images"
             )
         train_labels = np.searchsorted(classes, train_raw).astype(np.int64)
         test_labels = np.searchsorted(classes, test_raw).astype(np.int64)

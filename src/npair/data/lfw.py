@@ -143,7 +143,8 @@ def pairs_to_indices(
             if rel not in index:
                 raise DatasetNotFoundError(
                     f"{source}: pair {k + 1} refers to {rel!r}, which is not in the LFW image tree "
-                    f"(wrong image_dir, or a partial extraction? Re-fetch: {download_hint(NAME, source.parent)})"
+                    "(wrong image_dir, or a partial extraction? "
+                    f"Re-fetch: {download_hint(NAME, source.parent)})"
                 )
         rows[k] = (index[a], index[b], same, fold)
     return rows

@@ -20,7 +20,8 @@ from npair.data.images import expected_counts, image_splits, require_file, requi
 NAME = "sop"
 LAYOUT = """\
   Stanford_Online_Products/      <- dataset.root
-    Ebay_train.txt  Ebay_test.txt   header "image_id class_id super_class_id path", rows like "1 1 1 bicycle_final/111085122871_0.JPG"
+    Ebay_train.txt  Ebay_test.txt   header "image_id class_id super_class_id path", rows like \
+"1 1 1 bicycle_final/111085122871_0.JPG"
     bicycle_final/ cabinet_final/ chair_final/ ... toaster_final/   (images "<product_id>_<k>.JPG")"""
 PUBLISHED_COUNTS = {
     "train_images": 59551,

@@ -148,12 +148,14 @@ CARS = DatasetSource(
         ),
     ),
     manual="""\
-All Stanford URLs for Cars196 are dead (ai.stanford.edu/~jkrause since 2023, imagenet.stanford.edu since 2021).
+All Stanford URLs for Cars196 are dead (ai.stanford.edu/~jkrause since 2023, imagenet.stanford.edu since \
+2021).
 Get the two official files from any copy you trust:
   car_ims.tgz      MD5 d5c8f0aa497503f355e17dc7886c3f14   (16,185 JPEGs car_ims/000001.jpg ... 016185.jpg)
   cars_annos.mat   MD5 b407c6086d669747186bd1d764ff9dbc
 put them in {downloads} and rerun `python -m npair.data.download cars196 --root {root}`: they are verified and
-extracted to {target}. Kaggle's class-folder copies (jutrera/..., jessicali9530/...) use other layouts and are not read.
+extracted to {target}. Kaggle's class-folder copies (jutrera/..., jessicali9530/...) use other layouts and \
+are not read.
 CARS196.zip (ftp.cs.stanford.edu) has no published checksum, so it is never fetched or extracted here.
 Its CARS196/ folder has this dataset's layout: unpacking it into {target} yourself is at your own risk
 (the tree is then not verified; cars_annos.mat should have the MD5 above).""",
@@ -246,11 +248,14 @@ LFW = DatasetSource(
         ),
     ),
     manual="""\
-The UMass host (vis-www.cs.umass.edu) no longer resolves; figshare holds byte-identical copies. Optional extras,
+The UMass host (vis-www.cs.umass.edu) no longer resolves; figshare holds byte-identical copies. Optional \
+extras,
 placed by hand into {target}:
-  people.txt (MD5 450f0863dd89e85e73936a6d71a3474b): no known byte-identical mirror; enables a per-person count check
+  people.txt (MD5 450f0863dd89e85e73936a6d71a3474b): no known byte-identical mirror; enables a per-person \
+count check
     (dataset.build.people_file=people.txt).
-  BLUFR lists (Liao et al. 2014; list/lfw/gallery_set.txt, probe_set.txt, image_list.txt from BLUFR.zip, project page
+  BLUFR lists (Liao et al. 2014; list/lfw/gallery_set.txt, probe_set.txt, image_list.txt from BLUFR.zip, \
+project page
     http://www.cbsr.ia.ac.cn/users/scliao/projects/blufr/ or a re-hosted copy) into {target}/blufr/ for the
     identification protocol (dataset.build.blufr_dir=blufr).""",
 )
@@ -264,7 +269,8 @@ CASIA = DatasetSource(
     manual="""\
 CASIA-WebFace is released only on a signed request (non-commercial research):
   1. Fill in the CASIA-WebFace release agreement (CBSR, Institute of Automation, Chinese Academy of Sciences;
-     legacy page http://www.cbsr.ia.ac.cn/english/CASIA-WebFace-Database.html) and send it as the page instructs.
+     legacy page http://www.cbsr.ia.ac.cn/english/CASIA-WebFace-Database.html) and send it as the page \
+instructs.
   2. Unpack what you receive so that there is one folder per identity:
        {target}/0000045/001.jpg
        {target}/0000045/002.jpg
@@ -337,7 +343,8 @@ CAR333 = DatasetSource(
     required=("list.txt",),
     config="car333",
     manual="""\
-Car-333 (Xie et al., CVPR 2015; 164,863 images of 333 car models, NEC Labs) has no public release; ask its authors.
+Car-333 (Xie et al., CVPR 2015; 164,863 images of 333 car models, NEC Labs) has no public release; ask its \
+authors.
 """
     + _LIST_FORMAT
     + """
@@ -351,7 +358,8 @@ FLOWER610 = DatasetSource(
     required=("list.txt",),
     config="flower610",
     manual="""\
-Flower-610 (61,771 images of 610 species, as attributed to the N-pair paper; not confirmed) has no known public
+Flower-610 (61,771 images of 610 species, as attributed to the N-pair paper; not confirmed) has no known \
+public
 origin; ask the paper's authors.
 """
     + _LIST_FORMAT

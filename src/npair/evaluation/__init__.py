@@ -3,7 +3,8 @@ recognition (kNN, softmax †), verification (VRF neg=k) and face protocols (LFW
 
 Public interface (docs/design.md §1):
 
-* :class:`EmbeddingSet` (:mod:`.embedding_set`) — embeddings ``(n, D)`` float32, labels ``(n,)`` int64, optional logits;
+* :class:`EmbeddingSet` (:mod:`.embedding_set`) — embeddings ``(n, D)`` float32, labels ``(n,)`` int64,
+  optional logits;
 * :class:`Evaluator` — ``Evaluator(metrics=[...], ks=[...], similarity=..., backend=...)``,
   called as ``evaluator(test, reference=None, extras=None) -> dict[str, float]``;
 * :func:`npair.evaluation.embed.embed_dataset` — embed a dataset split.

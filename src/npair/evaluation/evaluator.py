@@ -4,20 +4,21 @@ seed) computed once per call, then each requested metric.
 Built from ``configs/eval/<name>.yaml`` with ``hydra.utils.instantiate`` (the training
 loop drops ``name``). Metric names and the result keys they produce:
 
-====================  ==========================================================  ==============================
-metric                result keys                                                 needs
-====================  ==========================================================  ==============================
-``recall``            ``recall@K`` for K in ``ks``                                test set against itself
-``map_at_r``          ``map@r``                                                   test set against itself
-``r_precision``       ``r_precision``                                             test set against itself
-``nmi`` / ``f1``      ``nmi``, ``f1`` (+ ``nmi_se_kmeans_seeds``, ``f1_se_kmeans_seeds``)  k-means, one per seed
-``knn_acc``           ``knn_acc``, ``knn_acc_absent_class_queries``               ``reference`` (training split)
-``softmax_acc``       ``softmax_acc`` (only when the test set has logits)         test logits
-``vrf``               ``vrf_neg{k}`` (+ ``vrf_neg{k}_se_negative_draws``)         test set
-``lfw_pairs``         ``lfw_acc``, ``lfw_acc_se_folds``, ``lfw_threshold``        ``extras["pairs"]``
-``closed_set_rank1``  ``rank1`` (+ ``rank1_se_trials``)                           ``extras["gallery"|"probes"]``
-``open_set_dir``      ``dir@far={far}%`` (+ ``dir@far={far}%_se_trials``)         ``extras["gallery"|"probes"]``
-====================  ==========================================================  ==============================
+====================  ====================================================  ==============================
+metric                result keys                                           needs
+====================  ====================================================  ==============================
+``recall``            ``recall@K`` for K in ``ks``                          test set against itself
+``map_at_r``          ``map@r``                                             test set against itself
+``r_precision``       ``r_precision``                                       test set against itself
+``nmi`` / ``f1``      ``nmi``, ``f1`` (+ ``nmi_se_kmeans_seeds``,           k-means, one per seed
+                      ``f1_se_kmeans_seeds``)
+``knn_acc``           ``knn_acc``, ``knn_acc_absent_class_queries``         ``reference`` (training split)
+``softmax_acc``       ``softmax_acc`` (only when the test set has logits)   test logits
+``vrf``               ``vrf_neg{k}`` (+ ``vrf_neg{k}_se_negative_draws``)   test set
+``lfw_pairs``         ``lfw_acc``, ``lfw_acc_se_folds``, ``lfw_threshold``  ``extras["pairs"]``
+``closed_set_rank1``  ``rank1`` (+ ``rank1_se_trials``)                     ``extras["gallery"|"probes"]``
+``open_set_dir``      ``dir@far={far}%`` (+ ``dir@far={far}%_se_trials``)   ``extras["gallery"|"probes"]``
+====================  ====================================================  ==============================
 
 ``<metric>_se_<over>`` is the standard error of the mean across the repeats it names
 (k-means seeds, negative draws, LFW folds, identification trials; :mod:`.keys`), present

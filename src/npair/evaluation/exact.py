@@ -97,7 +97,8 @@ def cut_is_complete(values: np.ndarray, k: int, err: np.ndarray, exhausted: bool
     a gap wider than ``2·err`` follows the k-th score somewhere inside the list, so no
     item left out can rank above it exactly. ``exhausted``: the lists hold every item.
 
-    >>> cut_is_complete(np.array([[3.0, 2.0, 1.9, 1.0], [3.0, 2.0, 1.9, 1.85]]), 2, np.array([0.1, 0.1])).tolist()
+    >>> values = np.array([[3.0, 2.0, 1.9, 1.0], [3.0, 2.0, 1.9, 1.85]])
+    >>> cut_is_complete(values, 2, np.array([0.1, 0.1])).tolist()
     [True, False]
     """
     if exhausted:

@@ -1,9 +1,10 @@
 """BatchNorm variants: frozen (fixed running statistics) and global (statistics of all ranks' batches).
 
-**Frozen**: replace every ``BatchNorm2d`` by a fixed affine map of its running statistics. With small N-pair batches (two images per class) per-batch statistics are noisy, and many DML
-reproductions freeze BN of the ImageNet-pretrained backbone (e.g. Roth et al. 2020). A frozen
-layer computes ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` with all
-four tensors as buffers, so neither ``model.train()`` nor the optimiser changes it.
+**Frozen**: replace every ``BatchNorm2d`` by a fixed affine map of its running statistics. With small
+N-pair batches (two images per class) per-batch statistics are noisy, and many DML reproductions freeze
+BN of the ImageNet-pretrained backbone (e.g. Roth et al. 2020). A frozen layer computes
+``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` with all four tensors as buffers,
+so neither ``model.train()`` nor the optimiser changes it.
 
 **Global** (``trainer.ddp.sync_batchnorm``): training-mode BatchNorm normalising with the statistics of
 the global batch under DDP, as one process would (:func:`sync_batchnorm`).
@@ -101,8 +102,14 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _to_global_batchnorm(module: nn.Module) -> nn.Module:
     if type(module) is nn.BatchNorm2d:
-        replaced = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                     module.track_running_stats, device=None)
+        replaced = GlobalBatchNorm2d(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=None,
+        )
         if module.affine:
             replaced.weight, replaced.bias = module.weight, module.bias
         if module.track_running_stats:

@@ -59,5 +59,6 @@ def load_pretrained(builder: Callable[..., M], arch: str, weights: Any, **kwargs
             raise
         raise PretrainedWeightsUnavailable(
             f"cannot load ImageNet weights {arch}/{weights.name} from {path} ({type(exc).__name__}: {exc}); "
-            f"the cached file looks corrupt or truncated: delete it and fetch it again:\n{_advice(arch, weights)}"
+            "the cached file looks corrupt or truncated: delete it and fetch it again:\n"
+            f"{_advice(arch, weights)}"
         ) from exc

@@ -18,7 +18,11 @@ class SmallConvNet(nn.Module):
         layers: list[nn.Module] = []
         prev = in_channels
         for i, width in enumerate(widths):
-            layers += [nn.Conv2d(prev, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(prev, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             prev = width

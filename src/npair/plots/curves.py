@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from npair.identity import require_one_setting
 from npair.evaluation.keys import SPREAD_SHORT
+from npair.identity import require_one_setting
 from npair.plots.style import STYLE, label_colours, save_figure, steps_formatter
 from npair.runio import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
 from npair.stats import mean_se

@@ -59,8 +59,16 @@ def _metric_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
 # Ours: solid lines and filled circles; the paper's: dashed lines, hollow squares; each method in its colour.
 # The paper's are drawn beneath ours, so where two series meet our curve stays on top.
 OURS_STYLE: dict[str, Any] = {"ls": "-", "marker": "o", "ms": 6, "lw": 1.8, "zorder": 3}
-PAPER_STYLE: dict[str, Any] = {"ls": (0, (4, 2)), "marker": "s", "ms": 7, "lw": 1.1, "mfc": "white",
-                               "mew": 1.5, "alpha": 0.9, "zorder": 2}
+PAPER_STYLE: dict[str, Any] = {
+    "ls": (0, (4, 2)),
+    "marker": "s",
+    "ms": 7,
+    "lw": 1.1,
+    "mfc": "white",
+    "mew": 1.5,
+    "alpha": 0.9,
+    "zorder": 2,
+}
 
 
 def _legend_outside(ax: Any, **kwargs: Any) -> Any:
@@ -102,8 +110,13 @@ def recall_at_k(table_csv: Path, out: Path) -> Path:
     colours = label_colours(methods)
     offsets = np.linspace(-0.08, 0.08, len(methods)) if len(methods) > 1 else [0.0]
     data: dict[str, Any] = {"table": table, "ks": ks, "kind": "lines", "methods": {}, "legend": []}
-    seeds_of = {m: tuple(max((r[key] for r in recall if r["method"] == m), default=0)
-                         for key in ("n_seeds", "expected_seeds")) for m in methods}
+    seeds_of = {
+        m: tuple(
+            max((r[key] for r in recall if r["method"] == m), default=0)
+            for key in ("n_seeds", "expected_seeds")
+        )
+        for m in methods
+    }
     same_seeds = len(set(seeds_of.values())) == 1  # then the heading says it once
     with rc_context(STYLE):
         widest = f"ours, mean ± {SEEDS_SE} (3/3 seeds each)"
@@ -161,8 +174,13 @@ def metric_bars(
     table = rows[0].get("table") or Path(table_csv).stem
     cell = {(r["method"], r["metric"]): r for r in rows}
     width = 0.8 / len(methods)
-    data: dict[str, Any] = {"table": table, "kind": "bars", "metrics": metrics, "labels": labels,
-                            "methods": {}}
+    data: dict[str, Any] = {
+        "table": table,
+        "kind": "bars",
+        "metrics": metrics,
+        "labels": labels,
+        "methods": {},
+    }
     with rc_context(STYLE):
         fig = Figure(figsize=(min(14.0, max(6.0, 2.5 + 0.32 * len(metrics) * len(methods))), 4.6))
         ax = fig.subplots()
