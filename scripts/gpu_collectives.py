@@ -2,12 +2,12 @@
 
     torchrun --standalone --nproc_per_node=1 scripts/gpu_collectives.py --device cuda --result out.json
 
-Joins the process group with the backend ``trainer.ddp.backend=auto`` picks (nccl on CUDA, gloo on CPU),
-then: all_reduce, all_gather (what npair.collectives gathers N-pair negatives with), broadcast_object_list
-and all_gather_object (what npair.collectives hands rank 0's results and every rank's RNG state around with), and
-a few DistributedDataParallel steps of the small conv net under the N-pair-mc loss. Rank 0 writes the
-JSON result. ``torchrun --nproc_per_node=1 -m npair.train trainer=ddp`` (the stage's first part) joins the
-same process group, even at world size 1 (npair.run_context.setup), but its metrics.json names neither the backend
+Joins the process group with the backend ``trainer.ddp.backend=auto`` picks (nccl on CUDA, gloo on CPU), then:
+all_reduce, all_gather (what npair.collectives gathers N-pair negatives with), broadcast_object_list and
+all_gather_object (what npair.collectives hands rank 0's results and every rank's RNG state around with), and
+a few DistributedDataParallel steps of the small conv net under the N-pair-mc loss. Rank 0 writes the JSON
+result. ``torchrun --nproc_per_node=1 -m npair.train trainer=ddp`` (the stage's first part) joins the same
+process group, even at world size 1 (npair.run_context.setup), but its metrics.json names neither the backend
 nor what each collective returned; this script checks both, value by value, so a failure names the collective.
 """
 
@@ -40,10 +40,12 @@ def collectives(device: torch.device, world: int) -> dict[str, bool]:
     gathered: list = [None] * world
     dist.all_gather_object(gathered, {"rank": rank})
     dist.barrier()
-    return {"all_reduce": bool(torch.all(value == world * (world + 1) / 2)),
-            "all_gather": all(bool(torch.all(p == r)) for r, p in enumerate(parts)),
-            "broadcast_object_list": box[0] == {"from": 0},
-            "all_gather_object": gathered == [{"rank": r} for r in range(world)]}
+    return {
+        "all_reduce": bool(torch.all(value == world * (world + 1) / 2)),
+        "all_gather": all(bool(torch.all(p == r)) for r, p in enumerate(parts)),
+        "broadcast_object_list": box[0] == {"from": 0},
+        "all_gather_object": gathered == [{"rank": r} for r in range(world)],
+    }
 
 
 def ddp_steps(device: torch.device, steps: int = 3) -> dict[str, object]:
@@ -53,7 +55,9 @@ def ddp_steps(device: torch.device, steps: int = 3) -> dict[str, object]:
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(SmallConvNet(3, (8, 16, 16, 32)), torch.nn.Linear(32, 16)).to(device)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
     loss_fn = NPairMCLoss(gather_across_ranks=True)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
@@ -67,12 +71,13 @@ def ddp_steps(device: torch.device, steps: int = 3) -> dict[str, object]:
         optimizer.step()
         losses.append(loss.item())
     moved = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    return {"losses": losses, "finite": all(math.isfinite(v) for v in losses),
-            "parameters_updated": moved}
+    return {"losses": losses, "finite": all(math.isfinite(v) for v in losses), "parameters_updated": moved}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", choices=("cuda", "cpu"), required=True)
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args()
@@ -84,18 +89,30 @@ def main() -> int:
     else:
         device, backend = torch.device("cpu"), "gloo"
     started = time.perf_counter()
-    dist.init_process_group(backend, timeout=timedelta(minutes=2),
-                            **({"device_id": device} if backend == "nccl" else {}))
+    dist.init_process_group(
+        backend, timeout=timedelta(minutes=2), **({"device_id": device} if backend == "nccl" else {})
+    )
     try:
-        report = {"backend": dist.get_backend(), "world_size": dist.get_world_size(), "device": str(device),
-                  "collectives": collectives(device, world), "ddp": ddp_steps(device)}
+        report = {
+            "backend": dist.get_backend(),
+            "world_size": dist.get_world_size(),
+            "device": str(device),
+            "collectives": collectives(device, world),
+            "ddp": ddp_steps(device),
+        }
         if backend == "nccl":
             version = torch.cuda.nccl.version()
-            report["nccl_version"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+            report["nccl_version"] = (
+                ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+            )
         report["seconds"] = round(time.perf_counter() - started, 2)
     finally:
         dist.destroy_process_group()
-    ok = all(report["collectives"].values()) and report["ddp"]["finite"] and report["ddp"]["parameters_updated"]
+    ok = (
+        all(report["collectives"].values())
+        and report["ddp"]["finite"]
+        and report["ddp"]["parameters_updated"]
+    )
     report["ok"] = ok
     if int(os.environ.get("RANK", "0")) == 0:
         args.result.write_text(json.dumps(report, indent=2) + "\n")

@@ -132,17 +132,24 @@ def test_a_final_run_trained_with_another_value_is_not_mixed_in(tmp_path: Path) 
     old = _composed_run(tmp_path / "runs" / "seed0", [*FINAL_BASE, "loss.reg_weight=0.0"])
     record = {"key": "loss.reg_weight", "chosen": 0.02}
     dirs = {0: tmp_path / "runs" / "seed0"}
-    with pytest.raises(SystemExit, match=r"(?s)stopped: 1 run directory.*final runs of x "
-                       r"\(loss.reg_weight=0.02, chosen on validation classes\).*another config.*"
-                       r"loss.reg_weight: 0.0 -> 0.02"):
+    with pytest.raises(
+        SystemExit,
+        match=r"(?s)stopped: 1 run directory.*final runs of x "
+        r"\(loss.reg_weight=0.02, chosen on validation classes\).*another config.*"
+        r"loss.reg_weight: 0.0 -> 0.02",
+    ):
         final_sweep("x", FINAL_BASE, record, dirs, tmp_path, "seed${seed}")
     sweep = final_sweep("x", FINAL_BASE, record, dirs, tmp_path, "seed${seed}", rerun_stale=True)
     assert sweep is not None and sweep.overrides == [*FINAL_BASE, "loss.reg_weight=0.02", "seed=0"]
     assert (tmp_path / "runs" / f"seed0.stale-{old}" / "metrics.json").exists()  # moved aside, not deleted
     _composed_run(tmp_path / "ok" / "seed0", [*FINAL_BASE, "loss.reg_weight=0.02"])
     sweep = final_sweep(
-        "x", FINAL_BASE, record, {0: tmp_path / "ok" / "seed0", 1: tmp_path / "ok" / "seed1"},
-        tmp_path / "ok", "seed${seed}",
+        "x",
+        FINAL_BASE,
+        record,
+        {0: tmp_path / "ok" / "seed0", 1: tmp_path / "ok" / "seed1"},
+        tmp_path / "ok",
+        "seed${seed}",
     )
     assert sweep is not None and sweep.overrides == [*FINAL_BASE, "loss.reg_weight=0.02", "seed=1"]
 
@@ -158,8 +165,13 @@ def test_a_final_run_of_other_overrides_or_a_hand_written_result_is_refused(tmp_
 
 
 def _smoke_selection(root: Path, overrides: list[str] = ()) -> Selection:
-    return Selection("smoke/npair_mc", ["experiment=smoke/npair_mc", *overrides],
-                     Grid("loss.reg_weight", (0.0, 0.02)), Settings(), root / "selection" / "smoke/npair_mc")
+    return Selection(
+        "smoke/npair_mc",
+        ["experiment=smoke/npair_mc", *overrides],
+        Grid("loss.reg_weight", (0.0, 0.02)),
+        Settings(),
+        root / "selection" / "smoke/npair_mc",
+    )
 
 
 def test_selection_runs_are_checked_against_the_config_they_must_hold(tmp_path: Path) -> None:
@@ -185,8 +197,9 @@ def test_a_table_build_refuses_stale_selection_runs_before_training(
     with pytest.raises(SystemExit) as stopped:
         select_and_train([spec], root, ["logger=none"], jobs=1)
     message = str(stopped.value)
-    assert message.startswith("stopped: 1 run directory would be reused for another config than the "
-                              "selection")
+    assert message.startswith(
+        "stopped: 1 run directory would be reused for another config than the selection"
+    )
     assert f"{sel.run_dir(0.0, 0)} (another config, config {old}): trainer.max_steps: 3 -> 4" in message
     assert "training" not in capsys.readouterr().out  # refused before anything trains
     assert not (root / "selection" / "smoke/npair_mc" / "selection.json").exists()
@@ -260,8 +273,9 @@ def test_selection_cli_chooses_then_trains_the_final_run(
     with pytest.raises(SystemExit) as stopped:  # other overrides: the selection runs are not reused
         select.main([*args, "optimizer.weight_decay=0.001"])
     message = str(stopped.value)
-    assert message.startswith("stopped: 2 run directories would be reused for another config than the "
-                              "selection")
+    assert message.startswith(
+        "stopped: 2 run directories would be reused for another config than the selection"
+    )
     assert message.count("optimizer.weight_decay: ") == 2
     assert str(root / "reg_weight-0.0" / "seed0") in message
     assert "training" not in capsys.readouterr().out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from npair import identity
+from npair import identity, tables
 from npair.configuration import CONFIG_DIR
 from npair.runio import atomic_write_json, atomic_write_text
 from npair.tables import (
@@ -274,17 +274,29 @@ def _composed_run(run_dir: Path, experiment: str, overrides: list[str], seed: in
 
     cfg = compose_run(experiment, seed, overrides)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_json(run_dir / "metrics.json", {"status": "completed", **identity.hashes(cfg),
-                                                 "final": {"recall@1": 0.5, "nmi": 0.5}})
+    atomic_write_json(
+        run_dir / "metrics.json",
+        {"status": "completed", **identity.hashes(cfg), "final": {"recall@1": 0.5, "nmi": 0.5}},
+    )
     return identity.config_hash(cfg)
 
 
 def _selection_record(root: Path, chosen: float, values: list[float], overrides: list[str]) -> None:
     """The selection.json npair.selection writes for smoke_select's grid (the fields a build compares)."""
-    atomic_write_json(root / "selection" / "smoke/npair_mc" / "selection.json", {
-        "key": "loss.reg_weight", "values": values, "chosen": chosen, "metric": "recall@1",
-        "higher_is_better": True, "seeds": [0], "overrides": ["experiment=smoke/npair_mc", *overrides],
-        "validation": {"fraction": 0.2, "seed": 0}, "mean": {str(v): 0.5 for v in values}})
+    atomic_write_json(
+        root / "selection" / "smoke/npair_mc" / "selection.json",
+        {
+            "key": "loss.reg_weight",
+            "values": values,
+            "chosen": chosen,
+            "metric": "recall@1",
+            "higher_is_better": True,
+            "seeds": [0],
+            "overrides": ["experiment=smoke/npair_mc", *overrides],
+            "validation": {"fraction": 0.2, "seed": 0},
+            "mean": {str(v): 0.5 for v in values},
+        },
+    )
 
 
 def test_the_final_runs_of_select_rows_are_composed_with_the_chosen_value(tmp_path: Path) -> None:
@@ -312,16 +324,25 @@ def test_the_final_runs_of_select_rows_are_composed_with_the_chosen_value(tmp_pa
     assert states()["smoke/triplet"][0] == "unselected"
 
 
-def test_a_dry_run_lists_and_counts_the_selection_runs(tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_dry_run_lists_and_counts_the_selection_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from npair.tables import table_composer
 
     specs = [load_spec("smoke_select")]
     sel_dir = tmp_path / "selection" / "smoke/npair_mc"
-    _composed_run(sel_dir / "reg_weight-0.0" / "seed0", "smoke/npair_mc",
-                  ["dataset.validation.fraction=0.2", "dataset.validation.seed=0",
-                   "eval.needs_reference=false", "eval.metrics=[recall]", "eval.ks=[1]",
-                   "loss.reg_weight=0.0"])
+    _composed_run(
+        sel_dir / "reg_weight-0.0" / "seed0",
+        "smoke/npair_mc",
+        [
+            "dataset.validation.fraction=0.2",
+            "dataset.validation.seed=0",
+            "eval.needs_reference=false",
+            "eval.metrics=[recall]",
+            "eval.ks=[1]",
+            "loss.reg_weight=0.0",
+        ],
+    )
     summary = dry_run(specs, tmp_path, table_composer(specs, tmp_path, []))
     out = capsys.readouterr().out
     done = f"--- selection smoke/npair_mc loss.reg_weight=0.0 / seed 0 [done] -> {sel_dir}/reg_weight-0.0"
@@ -336,3 +357,19 @@ def test_a_dry_run_lists_and_counts_the_selection_runs(tmp_path: Path,
     _selection_record(tmp_path, 0.02, [0.0, 0.02], [])
     dry_run(specs, tmp_path, table_composer(specs, tmp_path, []))
     assert "with loss.reg_weight=0.02 (chosen on validation classes)" in capsys.readouterr().out
+
+
+def test_a_row_two_tables_share_is_evaluated_again_once(tmp_path: Path, monkeypatch) -> None:
+    faces = Row("triplet", "demo/triplet", evaluate_with=["dataset=glyphs_faces", "eval=faces"])
+    specs = [TableSpec(name=n, title=n, seeds=[0, 1], metrics=[{"key": "rank1"}], rows=[faces]) for n in "ab"]
+    for seed in (0, 1):
+        write_run(tmp_path, specs[0], faces, seed, {"recall@1": 0.5})
+    atomic_write_json(
+        specs[0].result_path(tmp_path, faces, 1), {"status": "completed", "final": {"rank1": 0.2}}
+    )
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(
+        tables, "evaluate_again", lambda root, row, seed, overrides: calls.append((row.label, seed))
+    )
+    tables.evaluate_missing(specs, tmp_path, composer([]))
+    assert calls == [("triplet", 0)]  # seed 1 already has its result; seed 0 once, not once per table

@@ -66,7 +66,8 @@ def test_killed_table_run_restarts_only_the_missing_runs(tmp_path: Path) -> None
         tables_cmd(outputs), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
     assert third.returncode == 0, third.stderr[-3000:]
-    assert "training" not in third.stdout  # nothing left to train: the table is rebuilt from the runs
+    # nothing left to train: no "training N runs: ..." line, the table is rebuilt from the runs
+    assert not re.search(r"^training \d+ runs?: ", third.stdout, flags=re.M)
     assert completed_runs(outputs) == after
     assert (outputs / "tables" / "smoke.md").read_text() == table
 
@@ -244,13 +245,23 @@ def test_a_table_with_select_rows_is_rebuilt_without_training_and_refuses_other_
     from npair.tables import main
 
     root = tmp_path / "outputs"
-    table = ["TABLE=smoke_select", f"paths.root_dir={tmp_path}", "logger=none", "--jobs", "2", "--outputs",
-             str(root)]
+    table = [
+        "TABLE=smoke_select",
+        f"paths.root_dir={tmp_path}",
+        "logger=none",
+        "--jobs",
+        "2",
+        "--outputs",
+        str(root),
+    ]
     selection = root / "selection" / "smoke/npair_mc"
 
     def results() -> dict[Path, float]:  # every completed run, selection runs included, and when written
-        return {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")
-                if json.loads(p.read_text()).get("status") == "completed"}
+        return {
+            p: p.stat().st_mtime_ns
+            for p in root.rglob("metrics.json")
+            if json.loads(p.read_text()).get("status") == "completed"
+        }
 
     def trained(out: str) -> list[str]:
         return re.findall(r"^training .*", out, flags=re.MULTILINE)
@@ -271,13 +282,17 @@ def test_a_table_with_select_rows_is_rebuilt_without_training_and_refuses_other_
     with pytest.raises(SystemExit) as stopped:
         main(changed)
     message = str(stopped.value)
-    assert message.startswith("stopped: 2 run directories would be reused for another config than the "
-                              "selection")
+    assert message.startswith(
+        "stopped: 2 run directories would be reused for another config than the selection"
+    )
     for value in ("0.0", "0.02"):
         assert f"{selection / f'reg_weight-{value}' / 'seed0'} (another config, config " in message
     assert message.count("trainer.max_steps: 4 -> 3") == 2
-    with pytest.raises(SystemExit, match=r"(?s)stopped: 2 run directories.*value not chosen yet.*"
-                                         r"is the choice of another selection \(overrides: "):
+    with pytest.raises(
+        SystemExit,
+        match=r"(?s)stopped: 2 run directories.*value not chosen yet.*"
+        r"is the choice of another selection \(overrides: ",
+    ):
         main([*changed, "--no-train"])  # the choice on disk was made with other overrides
     assert results() == built
     capsys.readouterr()

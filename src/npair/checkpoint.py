@@ -167,11 +167,10 @@ class Checkpointer:
         logger: Any,
         cfg: DictConfig,
         ctx: Context,
-        enabled: bool,
         saved_step: int | None,
     ) -> None:
         self.path, self.stateful, self.logger, self.ctx = path, stateful, logger, ctx
-        self.enabled = bool(enabled)
+        self.enabled = bool(cfg.trainer.save_checkpoint)  # false: nothing is written
         self.saved_step = saved_step  # the step of the checkpoint on disk (None: none written yet)
         self.config, self.config_hash = OmegaConf.to_container(cfg, resolve=True), config_hash(cfg)
 

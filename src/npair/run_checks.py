@@ -59,20 +59,27 @@ def check_dir(run_dir: Path, expected: DictConfig | dict[str, Any], experiment: 
 
 
 BLOCKING = ("stale", "unverified", "unselected")  # states a build never reuses
-_WHAT = {"stale": "another config", "unverified": "an unverified result",
-         "unselected": "value not chosen yet"}
+_WHAT = {
+    "stale": "another config",
+    "unverified": "an unverified result",
+    "unselected": "value not chosen yet",
+}
 
 
 def stale_message(bad: list[RunCheck], composer: str = "the table") -> str:
     """Why a build stops on the run directories ``bad`` (each named with its reason) and what to do."""
     many = "y" if len(bad) == 1 else "ies"
-    lines = [f"stopped: {len(bad)} run director{many} would be reused for another config than {composer} "
-             + "composes now:"]
+    lines = [
+        f"stopped: {len(bad)} run director{many} would be reused for another config than {composer} "
+        + "composes now:"
+    ]
     for check in bad:
         what = _WHAT.get(check.state, check.state)
         lines.append(f"  {check.run_dir} ({what}, config {check.stored_hash or 'unknown'}): {check.reason}")
-    lines.append("Rebuild with the overrides those runs were trained with, or add --rerun-stale to move each "
-                 "aside (to <dir>.stale-<hash>; nothing is deleted) and train it again.")
+    lines.append(
+        "Rebuild with the overrides those runs were trained with, or add --rerun-stale to move each "
+        "aside (to <dir>.stale-<hash>; nothing is deleted) and train it again."
+    )
     if any(check.state == "unselected" for check in bad):
         lines.append("A value not chosen yet is chosen by a build that trains (without --no-train).")
     return "\n".join(lines)
@@ -94,8 +101,12 @@ def move_aside(check: RunCheck) -> Path:
     """Rename a stale run directory to ``<name>.stale-<hash>`` (``-2``, ``-3`` ... if taken), holding its lock
     (a process training in it is waited for). Returns the new path."""
     run_dir = check.run_dir
-    with locks.locked(locks.run_lock(run_dir), on_wait=lambda who: print(
-            f"{run_dir} is in use by {who}: waiting before moving it aside", flush=True)):
+    with locks.locked(
+        locks.run_lock(run_dir),
+        on_wait=lambda who: print(
+            f"{run_dir} is in use by {who}: waiting before moving it aside", flush=True
+        ),
+    ):
         base = run_dir.with_name(f"{run_dir.name}.stale-{check.stored_hash or 'unknown'}")
         target, n = base, 1
         while target.exists():

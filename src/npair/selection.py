@@ -320,8 +320,11 @@ class Selection:
             "validation fraction": (validation.get("fraction"), self.settings.fraction),
             "validation seed": (validation.get("seed"), self.settings.split_seed),
         }
-        differ = [f"{name}: {have!r} -> {want!r}" for name, (have, want) in wanted.items()
-                  if not same_values(have, want)]
+        differ = [
+            f"{name}: {have!r} -> {want!r}"
+            for name, (have, want) in wanted.items()
+            if not same_values(have, want)
+        ]
         return "; ".join(differ) or None
 
     def missing(self) -> list[Any]:
@@ -490,8 +493,10 @@ def plan(
             seeds.update(spec.seeds)
     plain = {row.experiment for spec in specs for row in spec.rows if not getattr(row, "select", None)}
     if both := sorted(plain & set(finals)):
-        raise ValueError(f"experiment(s) {both} are rows with select: in one table and without in another: "
-                         "their runs would be one directory for two configs")
+        raise ValueError(
+            f"experiment(s) {both} are rows with select: in one table and without in another: "
+            "their runs would be one directory for two configs"
+        )
     return grids, finals
 
 

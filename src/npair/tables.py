@@ -167,16 +167,31 @@ def load_spec(name: str, config_dir: Path = CONFIG_DIR) -> TableSpec:
     missing = [k for k in ("rows", "seeds", "metrics") if k not in raw]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}")
-    rows = [Row(label=str(r["label"]), experiment=str(r["experiment"]), paper=dict(r.get("paper") or {}),
-                evaluate_with=list(r.get("evaluate_with") or []), paper_se=dict(r.get("paper_se") or {}),
-                select=r.get("select"))
-            for r in raw["rows"]]
+    rows = [
+        Row(
+            label=str(r["label"]),
+            experiment=str(r["experiment"]),
+            paper=dict(r.get("paper") or {}),
+            evaluate_with=list(r.get("evaluate_with") or []),
+            paper_se=dict(r.get("paper_se") or {}),
+            select=r.get("select"),
+        )
+        for r in raw["rows"]
+    ]
     metrics = [m if isinstance(m, dict) else {"key": m, "label": m} for m in raw["metrics"]]
-    return TableSpec(name=str(raw.get("name", name)), title=str(raw.get("title", name)), rows=rows,
-                     seeds=[int(s) for s in raw["seeds"]], metrics=metrics,
-                     scale=float(raw.get("scale", 100.0)), decimals=int(raw.get("decimals", 2)),
-                     paper_source=raw.get("paper_source"), notes=raw.get("notes"), curves=raw.get("curves"),
-                     selection=raw.get("selection"))
+    return TableSpec(
+        name=str(raw.get("name", name)),
+        title=str(raw.get("title", name)),
+        rows=rows,
+        seeds=[int(s) for s in raw["seeds"]],
+        metrics=metrics,
+        scale=float(raw.get("scale", 100.0)),
+        decimals=int(raw.get("decimals", 2)),
+        paper_source=raw.get("paper_source"),
+        notes=raw.get("notes"),
+        curves=raw.get("curves"),
+        selection=raw.get("selection"),
+    )
 
 
 def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictConfig:
@@ -185,8 +200,10 @@ def compose_run(experiment: str, seed: int, overrides: list[str] = ()) -> DictCo
 
     cfg = compose_train([f"experiment={experiment}", f"seed={seed}", *overrides])
     if cfg.name != experiment:
-        raise ValueError(f"configs/experiment/{experiment}.yaml sets name={cfg.name!r}; it must equal the "
-                         f"experiment's path {experiment!r} (the run directory is keyed by it)")
+        raise ValueError(
+            f"configs/experiment/{experiment}.yaml sets name={cfg.name!r}; it must equal the "
+            f"experiment's path {experiment!r} (the run directory is keyed by it)"
+        )
     return cfg
 
 
@@ -202,8 +219,12 @@ class Composer:
     it as when composed with it). An experiment of ``not_chosen`` raises :class:`NotChosen` with its reason.
     """
 
-    def __init__(self, overrides: list[str], chosen: dict[str, list[str]] | None = None,
-                 not_chosen: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        overrides: list[str],
+        chosen: dict[str, list[str]] | None = None,
+        not_chosen: dict[str, str] | None = None,
+    ) -> None:
         self.overrides = list(overrides)
         self.chosen = dict(chosen or {})
         self.not_chosen = dict(not_chosen or {})
@@ -223,8 +244,9 @@ class Composer:
         return cfg
 
 
-def composer(overrides: list[str], chosen: dict[str, list[str]] | None = None,
-             not_chosen: dict[str, str] | None = None) -> Composer:
+def composer(
+    overrides: list[str], chosen: dict[str, list[str]] | None = None, not_chosen: dict[str, str] | None = None
+) -> Composer:
     """A :class:`Composer` of ``overrides`` (and the chosen values of selected rows)."""
     return Composer(overrides, chosen, not_chosen)
 
@@ -270,8 +292,11 @@ def table_locks(specs: list[TableSpec], root: Path) -> Iterator[None]:
     try:
         for name in sorted({spec.name for spec in specs}):
             lock = locks.table_lock(root / "tables", name)
-            lock.acquire(on_wait=lambda who, name=name: print(
-                f"another build of table {name} is running ({who}): waiting for it to finish", flush=True))
+            lock.acquire(
+                on_wait=lambda who, name=name: print(
+                    f"another build of table {name} is running ({who}): waiting for it to finish", flush=True
+                )
+            )
             held.append(lock)
         yield
     finally:
@@ -300,8 +325,9 @@ def busy_runs(missing: dict[str, list[int]], root: Path) -> dict[tuple[str, int]
     return busy
 
 
-def train_missing(specs: list[TableSpec], root: Path, overrides: list[str], jobs: int, compose: Composer,
-                  rerun_stale: bool) -> None:
+def train_missing(
+    specs: list[TableSpec], root: Path, overrides: list[str], jobs: int, compose: Composer, rerun_stale: bool
+) -> None:
     """Train what the tables miss. A run another process is training is skipped, waited for, then looked
     at again (and trained here if it did not complete there); stale runs stop the build or, with
     ``rerun_stale``, are moved aside and trained again."""
@@ -311,8 +337,11 @@ def train_missing(specs: list[TableSpec], root: Path, overrides: list[str], jobs
         missing = missing_runs(check_runs(specs, root, compose) if bad else checks)
         busy = busy_runs(missing, root) if attempt == 0 else {}
         for (experiment, seed), who in busy.items():
-            print(f"{run_dir_of(root, experiment, seed)} is being trained by {who}: skipped here; this build "
-                  "waits for it before aggregating", flush=True)
+            print(
+                f"{run_dir_of(root, experiment, seed)} is being trained by {who}: skipped here; this build "
+                "waits for it before aggregating",
+                flush=True,
+            )
             missing[experiment].remove(seed)
         launch({e: seeds for e, seeds in missing.items() if seeds}, root, overrides, jobs, compose)
         if not busy:
@@ -329,13 +358,21 @@ def check_data(cfg: DictConfig) -> str | None:
     download = cfg.dataset.get("download")
     root = cfg.dataset.get("root")
     if download and root and not Path(str(root)).exists():
-        return (f"dataset {cfg.dataset.name!r} not found at {root}.\n"
-                f"  fetch it with:  make data DATASET={download}   (or python -m npair.data.download {download} --root data)")
+        return (
+            f"dataset {cfg.dataset.name!r} not found at {root}.\n"
+            f"  fetch it with:  make data DATASET={download}   "
+            f"(or python -m npair.data.download {download} --root data)"
+        )
     return None
 
 
-def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs: int,
-           compose: Composer | None = None) -> int:
+def launch(
+    missing: dict[str, list[int]],
+    root: Path,
+    overrides: list[str],
+    jobs: int,
+    compose: Composer | None = None,
+) -> int:
     """Train the missing runs with Hydra multiruns (the joblib launcher, ``jobs`` at a time).
 
     Experiments missing the same seeds (and trained with the same overrides: a selected row's chosen value)
@@ -362,14 +399,25 @@ def launch(missing: dict[str, list[int]], root: Path, overrides: list[str], jobs
         raise SystemExit("stopped before training: data is missing.\n" + "\n".join(sorted(problems)))
     groups: dict[tuple[tuple[int, ...], tuple[str, ...]], list[str]] = {}  # (seeds, overrides) -> experiments
     for experiment, seeds in missing.items():
-        groups.setdefault((tuple(sorted(seeds)), tuple(compose.overrides_of(experiment))), []).append(experiment)
+        groups.setdefault((tuple(sorted(seeds)), tuple(compose.overrides_of(experiment))), []).append(
+            experiment
+        )
     launched = 0
     for (seeds, run_overrides), experiments in groups.items():
         n = len(seeds) * len(experiments)
         launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 and n > 1 else []
-        cmd = [sys.executable, "-m", "npair.train", "-m", *launcher, f"experiment={','.join(experiments)}",
-               f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={root / 'runs'}",
-               "hydra.sweep.subdir=${name}/seed${seed}", *run_overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "npair.train",
+            "-m",
+            *launcher,
+            f"experiment={','.join(experiments)}",
+            f"seed={','.join(map(str, seeds))}",
+            f"hydra.sweep.dir={root / 'runs'}",
+            "hydra.sweep.subdir=${name}/seed${seed}",
+            *run_overrides,
+        ]
         print(f"training {plural(n, 'run')}: {', '.join(experiments)} × seeds {list(seeds)}", flush=True)
         result = subprocess.run(cmd, check=False)
         if result.returncode != 0:
@@ -393,16 +441,29 @@ def evaluate_again(root: Path, row: Row, seed: int, overrides: list[str]) -> Non
     run = load_run(run_dir, cfg=cfg)
     evaluator = make(cfg.eval)
     metrics = evaluate_model(run.model, run.loss_fn, run.splits, evaluator, cfg, torch.device("cpu"))
-    atomic_write_json(run_dir / REEVAL_DIR / f"{row.eval_slug}.json", {
-        "status": "completed", "evaluate_with": row.evaluate_with, "step": run.step,
-        "run_config_hash": (read_metrics(run_dir) or {}).get("config_hash"),
-        "similarity": getattr(evaluator, "similarity", None), "final": metrics})
+    atomic_write_json(
+        run_dir / REEVAL_DIR / f"{row.eval_slug}.json",
+        {
+            "status": "completed",
+            "evaluate_with": row.evaluate_with,
+            "step": run.step,
+            "run_config_hash": (read_metrics(run_dir) or {}).get("config_hash"),
+            "similarity": getattr(evaluator, "similarity", None),
+            "final": metrics,
+        },
+    )
 
 
 def evaluate_missing(specs: list[TableSpec], root: Path, compose: Composer) -> None:
-    todo = [(spec, row, seed) for spec in specs for row in spec.rows if row.evaluate_with for seed in spec.seeds
-            if is_complete(spec.run_dir(root, row, seed)) and not spec.result_path(root, row, seed).exists()]
-    for spec, row, seed in tqdm(todo, desc="evaluating again", unit="run", disable=not todo):
+    """Re-evaluate each completed run a row's ``evaluate_with`` needs, once even when tables share the row."""
+    todo: dict[Path, tuple[Row, int]] = {}
+    for spec in specs:
+        for row in spec.rows:
+            for seed in spec.seeds if row.evaluate_with else []:
+                result = spec.result_path(root, row, seed)
+                if is_complete(spec.run_dir(root, row, seed)) and not result.exists():
+                    todo.setdefault(result, (row, seed))
+    for row, seed in tqdm(todo.values(), desc="evaluating again", unit="run", disable=not todo):
         evaluate_again(root, row, seed, compose.overrides_of(row.experiment))
 
 
@@ -438,45 +499,63 @@ def dry_run(specs: list[TableSpec], root: Path, compose: Composer) -> str:
                     data_missing.add(problem)
                 extra = f" then evaluated with {row.evaluate_with}" if row.evaluate_with else ""
                 if row.select:
-                    extra += (f" with {', '.join(chosen)} (chosen on validation classes)" if chosen
-                              else f" with {dict(row.select).get('key', 'its selected key')}: value not "
-                              "chosen yet")
+                    extra += (
+                        f" with {', '.join(chosen)} (chosen on validation classes)"
+                        if chosen
+                        else f" with {dict(row.select).get('key', 'its selected key')}: value not chosen yet"
+                    )
                 print(f"--- {spec.name} / {row.label} / seed {seed} [{state}] -> {check.run_dir}{extra}")
                 if check.reason:
                     print(f"    {check.reason}")
                 print(OmegaConf.to_yaml(cfg, resolve=True))
-    summary = dry_run_summary(specs, runs, len(reevaluations), sorted(data_missing), selection,
-                              len(not_chosen))
+    summary = dry_run_summary(
+        specs, runs, len(reevaluations), sorted(data_missing), selection, len(not_chosen)
+    )
     print(summary)
     return summary
 
 
-def dry_run_summary(specs: list[TableSpec], runs: dict[tuple[str, int], str], reevaluations: int,
-                    data_missing: list[str], selection: dict[Path, str] | None = None,
-                    not_chosen: int = 0) -> str:
+def dry_run_summary(
+    specs: list[TableSpec],
+    runs: dict[tuple[str, int], str],
+    reevaluations: int,
+    data_missing: list[str],
+    selection: dict[Path, str] | None = None,
+    not_chosen: int = 0,
+) -> str:
     """The last lines of a dry run: tables, distinct runs (done / to train, and how many of those hold another
     config or an unverified result, or wait for a value not chosen yet), the selection runs of ``select:``
     rows (done / to train), re-evaluations, missing data."""
     states = list(runs.values())
     done = states.count("done")
     blocked = sum(states.count(state) for state in ("stale", "unverified"))
-    lines = [f"=== dry run: {plural(len(specs), 'table')} ({', '.join(s.name for s in specs)}), "
-             f"{plural(len(runs), 'distinct run')}: {done} done, {len(runs) - done} to train; "
-             f"{plural(reevaluations, 're-evaluation')} of trained runs"]
+    lines = [
+        f"=== dry run: {plural(len(specs), 'table')} ({', '.join(s.name for s in specs)}), "
+        f"{plural(len(runs), 'distinct run')}: {done} done, {len(runs) - done} to train; "
+        f"{plural(reevaluations, 're-evaluation')} of trained runs"
+    ]
     if selection:
         picked = list(selection.values())
         blocked += sum(picked.count(state) for state in ("stale", "unverified"))
-        lines.append(f"{plural(len(picked), 'selection run')} (validation classes) of the select: rows: "
-                     f"{picked.count('done')} done, {len(picked) - picked.count('done')} to train")
+        lines.append(
+            f"{plural(len(picked), 'selection run')} (validation classes) of the select: rows: "
+            f"{picked.count('done')} done, {len(picked) - picked.count('done')} to train"
+        )
     if not_chosen:
-        lines.append(f"{not_chosen} of the runs are final runs of select: rows whose value is not chosen "
-                     "yet: the build chooses it first (a completed one is reused only if it holds that value)")
+        lines.append(
+            f"{not_chosen} of the runs are final runs of select: rows whose value is not chosen "
+            "yet: the build chooses it first (a completed one is reused only if it holds that value)"
+        )
     if blocked:
-        lines.append(f"{blocked} of the runs to train hold another config or an unverified result: the build "
-                     "stops on them unless --rerun-stale moves them aside")
+        lines.append(
+            f"{blocked} of the runs to train hold another config or an unverified result: the build "
+            "stops on them unless --rerun-stale moves them aside"
+        )
     if data_missing:
-        lines.append(f"{plural(len(data_missing), 'dataset')} missing for the runs to train "
-                     "(training would stop before it starts):")
+        lines.append(
+            f"{plural(len(data_missing), 'dataset')} missing for the runs to train "
+            "(training would stop before it starts):"
+        )
         lines += ["  " + problem.replace("\n", "\n  ") for problem in data_missing]
     else:
         lines.append("no dataset missing for the runs to train")
@@ -506,8 +585,10 @@ def local_lookup(spec: TableSpec, root: Path) -> Lookup:
             return result
         record = read_metrics(run_dir) or {}
         if problem := identity.record_problem(run_dir, record):
-            raise ValueError(f"{run_dir} is not aggregated: {problem}. Train it again (python -m "
-                             "npair.tables ... --rerun-stale moves it aside)")
+            raise ValueError(
+                f"{run_dir} is not aggregated: {problem}. Train it again (python -m "
+                "npair.tables ... --rerun-stale moves it aside)"
+            )
         group = identity.run_group_hash(run_dir)
         return {**result, "config_hash": record["config_hash"], "group_hash": group}
 
@@ -553,12 +634,22 @@ def collect(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> dict[s
         table[row.label] = {}
         for metric in spec.metrics:
             key = metric["key"]
-            found = [read_metric(f, key) for f in finals]  # current or legacy key names (npair.evaluation.keys)
+            found = [
+                read_metric(f, key) for f in finals
+            ]  # current or legacy key names (npair.evaluation.keys)
             values = [float(v) * spec.scale for v in found if v is not None]
             mean, se = mean_se(values)
             paper = row.paper.get(key)
-            table[row.label][key] = Cell(mean, se, len(values), len(spec.seeds), None if paper is None else float(paper),
-                                         runs=len(finals), group_hash=group, config_hashes=tuple(hashes))
+            table[row.label][key] = Cell(
+                mean,
+                se,
+                len(values),
+                len(spec.seeds),
+                None if paper is None else float(paper),
+                runs=len(finals),
+                group_hash=group,
+                config_hashes=tuple(hashes),
+            )
     return table
 
 
@@ -568,8 +659,10 @@ def one_group(spec: TableSpec, row: Row, groups: dict[int, str | None]) -> str |
     known = {seed: g for seed, g in groups.items() if g}
     if len(set(known.values())) > 1:
         named = ", ".join(f"seed {seed}: {g}" for seed, g in known.items())
-        raise ValueError(f"table {spec.name}, row {row.label!r} ({row.experiment}): its runs are different "
-                         f"configurations, not seeds of one ({named}); train them with one config")
+        raise ValueError(
+            f"table {spec.name}, row {row.label!r} ({row.experiment}): its runs are different "
+            f"configurations, not seeds of one ({named}); train them with one config"
+        )
     return next(iter(known.values()), None)
 
 
@@ -578,8 +671,11 @@ def bold_masks(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> dict[str, 
     out = {}
     for metric in spec.metrics:
         cells = [table[r.label][metric["key"]] for r in spec.rows]
-        out[metric["key"]] = (bold_mask(cells, metric.get("higher_is_better", True)) if metric.get("bold", True)
-                              else [False] * len(cells))
+        out[metric["key"]] = (
+            bold_mask(cells, metric.get("higher_is_better", True))
+            if metric.get("bold", True)
+            else [False] * len(cells)
+        )
     return out
 
 
@@ -611,14 +707,25 @@ def to_markdown(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
             cells.append(f"**{text}**" if bold[k][i] else text)
         out.write(f"| {row.label} | " + " | ".join(cells) + " |\n")
         if has_paper:
-            paper = [_fmt(table[row.label][k].paper, spec.decimals)
-                     + (f" ± {row.paper_se[k]:.{spec.decimals}f}" if k in row.paper_se else "") for k in keys]
-            diff = [("—" if table[row.label][k].diff is None else f"{table[row.label][k].diff:+.{spec.decimals}f}")
-                    for k in keys]
+            paper = [
+                _fmt(table[row.label][k].paper, spec.decimals)
+                + (f" ± {row.paper_se[k]:.{spec.decimals}f}" if k in row.paper_se else "")
+                for k in keys
+            ]
+            diff = [
+                (
+                    "—"
+                    if table[row.label][k].diff is None
+                    else f"{table[row.label][k].diff:+.{spec.decimals}f}"
+                )
+                for k in keys
+            ]
             out.write("| ↳ paper | " + " | ".join(paper) + " |\n")
             out.write("| ↳ ours − paper | " + " | ".join(diff) + " |\n")
-    out.write(f"\n{seeds_note(spec.seeds)}; bold: the best and those whose ±SE interval overlaps it "
-              "(the paper's rule).")
+    out.write(
+        f"\n{seeds_note(spec.seeds)}; bold: the best and those whose ±SE interval overlaps it "
+        "(the paper's rule)."
+    )
     for note in footer_notes(spec):
         out.write(f" {note}.")
     if has_paper and spec.paper_source:
@@ -646,38 +753,83 @@ def hash_footer(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
 def to_csv(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["table", "method", "metric", "mean", "se", "n_seeds", "expected_seeds", "paper", "diff",
-                     "completed_runs", "metric_label", "group_hash", "config_hashes", "se_over",
-                     "value_is_se_over", "within_run_spread"])
+    writer.writerow(
+        [
+            "table",
+            "method",
+            "metric",
+            "mean",
+            "se",
+            "n_seeds",
+            "expected_seeds",
+            "paper",
+            "diff",
+            "completed_runs",
+            "metric_label",
+            "group_hash",
+            "config_hashes",
+            "se_over",
+            "value_is_se_over",
+            "within_run_spread",
+        ]
+    )
     for row in spec.rows:
         for metric in spec.metrics:
             key = metric["key"]
             c = table[row.label][key]
             over = within_run_spread(key)
-            writer.writerow([spec.name, row.label, key, c.mean, c.se, c.n, c.expected, c.paper, c.diff,
-                             c.runs, metric.get("label", key), c.group_hash or "", " ".join(c.config_hashes),
-                             "training_seeds", (spread_of(key) or ("", ""))[1],
-                             spread_key(key, over) if over else ""])
+            writer.writerow(
+                [
+                    spec.name,
+                    row.label,
+                    key,
+                    c.mean,
+                    c.se,
+                    c.n,
+                    c.expected,
+                    c.paper,
+                    c.diff,
+                    c.runs,
+                    metric.get("label", key),
+                    c.group_hash or "",
+                    " ".join(c.config_hashes),
+                    "training_seeds",
+                    (spread_of(key) or ("", ""))[1],
+                    spread_key(key, over) if over else "",
+                ]
+            )
     return out.getvalue()
 
 
 def to_latex(spec: TableSpec, table: dict[str, dict[str, Cell]]) -> str:
     keys = [m["key"] for m in spec.metrics]
     bold = bold_masks(spec, table)
-    lines = [r"\begin{tabular}{l" + "c" * len(keys) + "}", r"\toprule",
-             "Method & " + " & ".join(m.get("label", m["key"]).replace("%", r"\%") for m in spec.metrics) + r" \\",
-             r"\midrule"]
+    lines = [
+        r"\begin{tabular}{l" + "c" * len(keys) + "}",
+        r"\toprule",
+        "Method & " + " & ".join(m.get("label", m["key"]).replace("%", r"\%") for m in spec.metrics) + r" \\",
+        r"\midrule",
+    ]
     for i, row in enumerate(spec.rows):
         cells = []
         for k in keys:
             c = table[row.label][k]
-            text = "--" if c.missing else _fmt(c.mean, spec.decimals) + (
-                f" $\\pm$ {_fmt(c.se, spec.decimals)}" if c.se is not None else "")
+            text = (
+                "--"
+                if c.missing
+                else _fmt(c.mean, spec.decimals)
+                + (f" $\\pm$ {_fmt(c.se, spec.decimals)}" if c.se is not None else "")
+            )
             cells.append(f"\\textbf{{{text}}}" if bold[k][i] else text)
         lines.append(row.label.replace("_", r"\_") + " & " + " & ".join(cells) + r" \\")
     notes = [f"{seeds_note(spec.seeds)}.", *(f"{note}." for note in footer_notes(spec))]
-    lines += [r"\bottomrule", r"\end{tabular}", *(f"% {note}" for note in notes),
-              "% " + hash_footer(spec, table), ""]
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        *(f"% {note}" for note in notes),
+        "% " + hash_footer(spec, table),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -699,27 +851,47 @@ def write_table(spec: TableSpec, root: Path, lookup: Lookup | None = None) -> di
     for i, figure in enumerate(table_figures(paths["csv"], root / "figures")):
         paths[f"figure{i}"] = figure
     if spec.curves:
-        runs = {label: [d for seed in spec.seeds if is_complete(d := spec.run_dir(root, by_label[label], seed))]
-                for by_label in [{r.label: r for r in spec.rows}] for label in spec.curves["rows"]}
+        runs = {
+            label: [d for seed in spec.seeds if is_complete(d := spec.run_dir(root, by_label[label], seed))]
+            for by_label in [{r.label: r for r in spec.rows}]
+            for label in spec.curves["rows"]
+        }
         if all(runs.values()):  # training_curves refuses runs of different configs under one label
-            paths["curves"] = training_curves(runs, root / "figures" / f"{spec.name}_curves.png",
-                                              title=spec.curves.get("title", ""))
+            paths["curves"] = training_curves(
+                runs, root / "figures" / f"{spec.name}_curves.png", title=spec.curves.get("title", "")
+            )
     return paths
 
 
 # ------------------------------------------------------------------------------------ CLI
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m npair.tables", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m npair.tables",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("assignments", nargs="*", help="TABLE=<name> and extra training overrides key=value")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and their resolved configs; run nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their resolved configs; run nothing"
+    )
     parser.add_argument("--no-train", action="store_true", help="aggregate existing runs only")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="runs trained at once (default: 1 with a GPU, else 2 or the number of CPU cores if fewer)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds replacing the tables' own (quick checks)")
-    parser.add_argument("--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)")
-    parser.add_argument("--rerun-stale", action="store_true",
-                        help="move run directories of another config aside (<dir>.stale-<hash>), train again")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained at once (default: 1 with a GPU, else 2 or the number of CPU cores if fewer)",
+    )
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds replacing the tables' own (quick checks)"
+    )
+    parser.add_argument(
+        "--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)"
+    )
+    parser.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="move run directories of another config aside (<dir>.stale-<hash>), train again",
+    )
     add_debug_option(parser)
     args = parser.parse_intermixed_args(argv)  # assignments may come before, between or after the options
     args.table, args.source, args.project, args.entity, args.overrides = "mini", "local", None, None, []
@@ -730,7 +902,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         else:
             args.overrides.append(item)
     if args.source not in ("local", "wandb"):
-        parser.error(f"source={args.source!r}: use source=local (run directories) or source=wandb project=<name>")
+        parser.error(
+            f"source={args.source!r}: use source=local (run directories) or source=wandb project=<name>"
+        )
     if args.source == "wandb" and not args.project:
         parser.error("source=wandb needs project=<W&B project> (and entity=<team> if not your default)")
     if args.rerun_stale and args.no_train:

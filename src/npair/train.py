@@ -52,6 +52,7 @@ from npair.run_context import Context
 from npair.runio import CHECKPOINT_FILE, remove_temp_files
 
 log = logging.getLogger("npair.train")
+INTERRUPTED = "interrupted after step %d: the run %s; resume with the same command and hydra.run.dir=%s"
 
 # Before Hydra composes a config: launcher workers import this module to find the task function.
 register_resolvers()
@@ -115,23 +116,14 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     batches = batch_stream(splits.train, sampler, trainer, device, int(cfg.seed))
     probe = build_probe(cfg, splits.train)
     # Everything a checkpoint restores, by checkpoint key: saved and loaded through this one map.
-    stateful = {
-        "model": model,
-        "loss": loss_fn,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "scaler": scaler,
-        "sampler": sampler,
-        "stream": batches,
-    }
+    stateful = {"model": model, "loss": loss_fn, "optimizer": optimizer, "scheduler": scheduler,
+                "scaler": scaler, "sampler": sampler, "stream": batches}  # fmt: skip
 
     resumed = ckpt.restore(resume, stateful, cfg, ctx, run_dir)  # None, or the states of the interrupted run
     resumed_at = resumed.step if resumed else None
     header = run_header(cfg, splits, evaluator, device, amp_dtype, probe, ctx.world_size, resumed_at)
     logger = open_run_logger(run_dir, cfg, header, ctx.is_main, resumed, splits)
-    saver = ckpt.Checkpointer(
-        run_dir / CHECKPOINT_FILE, stateful, logger, cfg, ctx, trainer.save_checkpoint, resumed_at
-    )
+    saver = ckpt.Checkpointer(run_dir / CHECKPOINT_FILE, stateful, logger, cfg, ctx, resumed_at)
 
     def evaluate_and_save(step: int) -> dict[str, float]:
         metrics = evaluate_model(model, loss_fn, splits, evaluator, cfg, device) if ctx.is_main else {}
@@ -149,15 +141,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     step = done = resumed_at or 0
     status, final, stop = "completed", {}, ckpt.GracefulStop()
     train_model.train()
-    bar = tqdm(
-        total=max_steps,
-        initial=step,
-        desc=cfg.name,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1.0,
-        disable=not (trainer.progress_bar and ctx.is_main),
-    )
+    bar = progress_bar(cfg, step, ctx)
     window_start, window_images = time.perf_counter(), 0
     try:
         with stop.installed():
@@ -189,17 +173,9 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
                 window_images += len(images) * ctx.world_size
                 if step % log_every == 0 or step == max_steps:
                     rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                    lr, layout = scheduler.get_last_lr()[0], sampler.layout
                     row = train_row(
-                        step,
-                        epoch,
-                        loss,
-                        embeddings,
-                        loss_scale,
-                        ctx,
-                        scheduler.get_last_lr()[0],
-                        rate,
-                        sampler.layout,
-                        n_per_class,
+                        step, epoch, loss, embeddings, loss_scale, ctx, lr, rate, layout, n_per_class
                     )
                     if probe is not None and ctx.is_main:
                         row.update(probe(model, device))
@@ -221,12 +197,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     except KeyboardInterrupt:
         bar.close()
         status, final = "interrupted", logger.last_evaluation()
-        log.warning(
-            "interrupted after step %d: the run %s; resume with the same command and hydra.run.dir=%s",
-            done,
-            saver.kept(),
-            run_dir,
-        )
+        log.warning(INTERRUPTED, done, saver.kept(), run_dir)
     except BaseException as err:
         bar.close()
         logger.finish("failed", {}, {"steps_done": done, "error": f"{type(err).__name__}: {err}"})
@@ -235,6 +206,19 @@ def train(cfg: DictConfig, run_dir: Path, ctx: Context, device: torch.device) ->
     if status == "interrupted":
         raise KeyboardInterrupt
     return collectives.broadcast_object(final, ctx)
+
+
+def progress_bar(cfg: DictConfig, step: int, ctx: Context) -> tqdm:
+    """The step bar of the main rank (``trainer.progress_bar``), starting at ``step`` when resuming."""
+    return tqdm(
+        total=int(cfg.trainer.max_steps),
+        initial=step,
+        desc=cfg.name,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=not (cfg.trainer.progress_bar and ctx.is_main),
+    )
 
 
 def train_row(

@@ -270,8 +270,13 @@ def test_an_installed_tree_respects_the_umask(tmp_path, server, monkeypatch, uma
     (no 0700 staging folder installed as the dataset), whether or not the variant names a subdir."""
     archive = _tgz({"Toy/list.txt": b"a.png 0 train\n", "Toy/images/a.png": b"png"})
     spec = _spec("toy.tgz", archive, urls=(server.add("/toy.tgz", archive),))
-    source = DatasetSource("toy", "Toy", "auto", ("list.txt", "images") if subdir else ("Toy/list.txt",),
-                           (Variant("local", (spec,), subdir=subdir),))
+    source = DatasetSource(
+        "toy",
+        "Toy",
+        "auto",
+        ("list.txt", "images") if subdir else ("Toy/list.txt",),
+        (Variant("local", (spec,), subdir=subdir),),
+    )
     monkeypatch.setitem(SOURCES, "toy", source)
     previous = os.umask(umask)
     try:
