@@ -401,3 +401,26 @@ def test_every_error_bar_says_it_is_the_spread_across_training_seeds(
     plots.training_curves(runs, tmp_path / "c.png")
     (note,) = [t.get_text() for t in kept[0].texts if "2-way" in t.get_text()]
     assert f"Mean over training seeds ± {wording} (band)" in note
+
+
+def test_the_labels_of_close_reference_lines_do_not_overlap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    levels = {"a": 25.5, "b": 25.5, "c": 29.2, "d": 97.0, "e": 99.0}
+    heights = plots.curves.label_heights(levels, gap=4.5)
+    ordered = sorted(heights.values())
+    assert all(b - a >= 4.5 - 1e-9 for a, b in zip(ordered, ordered[1:]))
+    assert heights["a"] == 25.5 and max(ordered) <= 95.5  # the lowest stays on its line; none above the axis
+
+    curves = importlib.import_module("npair.plots.curves")
+    kept: list[Any] = []
+    monkeypatch.setattr(curves, "save_figure", lambda fig, out, data: kept.append(fig) or out)
+    runs = {
+        name: [write_log(tmp_path / name, [0.1, 0.2, 0.3, 0.35, 0.38, final])]
+        for name, final in [("triplet", 0.40), ("60-pair-ovo", 0.41), ("60-pair-mc", 0.60)]
+    }
+    plots.training_curves(runs, tmp_path / "c.png")
+    labels = [t for t in kept[0].axes[1].texts if "final" in t.get_text()]
+    assert len(labels) == 2
+    (y0, y1) = sorted(t.xyann[1] for t in labels)  # 40 % and 41 %: the labels sit 4.5 points apart
+    assert y1 - y0 >= 4.5 - 1e-9

@@ -119,6 +119,25 @@ def _probe_size(run_dirs: Sequence[Path]) -> tuple[int | None, bool]:
     return None, False
 
 
+def label_heights(levels: dict[str, float], gap: float = 4.5, top: float = 100.0) -> dict[str, float]:
+    """Heights (data units of the 0-100 accuracy axis) for the labels of horizontal lines at ``levels``:
+    each as close to its line as labels ``gap`` apart allow, none above ``top - gap``.
+
+    >>> label_heights({"a": 40.0, "b": 41.0, "c": 90.0})
+    {'a': 40.0, 'b': 44.5, 'c': 90.0}
+    """
+    order = sorted(levels, key=lambda lab: levels[lab])
+    heights: dict[str, float] = {}
+    for lab in order:  # upwards: at least ``gap`` above the label below
+        below = heights[order[order.index(lab) - 1]] if heights else -gap
+        heights[lab] = max(levels[lab], below + gap)
+    ceiling = top - gap
+    for lab in reversed(order):  # downwards: under the ceiling, at least ``gap`` below the label above
+        heights[lab] = min(heights[lab], ceiling)
+        ceiling = heights[lab] - gap
+    return heights
+
+
 def training_curves(
     runs: dict[str, list[Path]],
     out: Path,
@@ -210,6 +229,7 @@ def training_curves(
                 if band and curve["se"] is not None:
                     se = np.asarray(curve["se"])
                     ax.fill_between(steps, mean - se, mean + se, color=colours[label], alpha=0.15, lw=0)
+        heights = label_heights({lab: cross["reference"] for lab, cross in crossings.items()})
         for lab, cross in crossings.items():
             ax_acc.axhline(cross["reference"], color=colours[lab], ls=":", lw=1.2, alpha=0.9)
             text = f"{lab} final {nway}: {cross['reference']:.1f}%"
@@ -229,8 +249,8 @@ def training_curves(
                 text,
                 xy=(0.99, cross["reference"]),
                 xycoords=("axes fraction", "data"),
-                xytext=(0, 2),
-                textcoords="offset points",
+                xytext=(0.99, heights[lab] + 0.6),
+                textcoords=("axes fraction", "data"),
                 ha="right",
                 va="bottom",
                 fontsize=8,
@@ -258,7 +278,12 @@ def training_curves(
         fig.suptitle(title or "Training curves", fontsize=12)
         fig.tight_layout(rect=(0, 0.12, 1, 1))
         fig.legend(
-            handles, names, loc="lower center", bbox_to_anchor=(0.5, 0.045), ncol=len(names), frameon=False
+            handles,
+            names,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 0.045),
+            ncol=min(len(names), 6),
+            frameon=False,
         )
         note = (
             f"{nway}: each anchor against the positives of all classes of a fixed training batch{n_note};\n"
