@@ -4,8 +4,8 @@ Checked in src/, configs/, scripts/, tests/, README.md, CONTRIBUTING.md and docs
 
 * any path under ``docs/`` (``docs/paper.md``, ``docs/figures/x.png``) must exist;
 * the project's document names, bare or with a leading path (``paper.md``, ``reference/datasets.md``,
-  ``DESIGN.md``, ``CONTRACT.md``, ...), must exist at that path from the repository root, so a citation of a
-  note that is not part of the repository fails (``scripts/rewrite_references.py`` rewrites those);
+  ...), must exist at that path from the repository root, so a citation of a document that is not part of
+  the repository fails;
 * ``shared/...`` paths must exist in the repository;
 * ``§n`` after a Markdown document (also ``§4.1 and §8``, ``§1, §2``, ``§7-8``) must be a numbered heading
   of that document, and ``§8 #n`` (or a config's ``[#n]``, which means ``docs/paper.md §8 #n``) a row of
@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("src", "configs", "scripts", "tests", "docs")
 TOP_FILES = ("README.md", "CONTRIBUTING.md")
 SUFFIXES = {".py", ".yaml", ".yml", ".md"}
-# This file and the rewrite script spell the old names on purpose (as patterns and as the mapping).
-SKIP = {Path("tests/test_references.py"), Path("scripts/rewrite_references.py")}
+# This file spells the document names on purpose (as patterns).
+SKIP = {Path("tests/test_references.py")}
 
 DOC_NAMES = "metrics-and-anchors|paper|design|DESIGN|datasets|metrics|CONTRACT|README|CONTRIBUTING"
 # A path under docs/, or a project document name with whatever path precedes it.
@@ -137,8 +137,7 @@ def test_every_document_reference_exists() -> None:
     assert len(files) > 100, "the scan found suspiciously few files"
     problems = [problem for path in files for problem in problems_in(path)]
     assert not problems, (
-        f"{len(problems)} broken document reference(s); cite docs/<name>.md §n "
-        "(python scripts/rewrite_references.py rewrites the old note names):\n" + "\n".join(problems)
+        f"{len(problems)} broken document reference(s); cite docs/<name>.md §n:\n" + "\n".join(problems)
     )
 
 
@@ -173,7 +172,7 @@ def test_broken_references_are_reported(tmp_path: Path, monkeypatch: pytest.Monk
         "b: 2  # docs/paper.md §3.1\n"
         "c: 3  # paper.md §2.5\n"
         "d: 4  # docs/paper.md §8 #2 and [#9]\n"
-        "e: 5  # see /work/shared/reference/metrics-and-anchors.md §4\n"
+        "e: 5  # see /home/user/notes/shared/metrics-and-anchors.md §4\n"
         "f: 6  # docs/nothing.md\n"
     )
     monkeypatch.setattr(sys.modules[__name__], "REPO", fake)

@@ -7,6 +7,7 @@ aside (``<dir>.stale-<its hash>``, nothing deleted) and trained again (``--rerun
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -115,3 +116,15 @@ def move_aside(check: RunCheck) -> Path:
         os.rename(run_dir, target)
     print(f"moved {check.state} run {run_dir} aside to {target}", flush=True)
     return target
+
+
+def add_run_dir_options(parser: argparse.ArgumentParser) -> None:
+    """``--outputs`` and ``--rerun-stale``: where the runs live and what to do with runs of another config."""
+    parser.add_argument(
+        "--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)"
+    )
+    parser.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="move run directories of another config aside (<dir>.stale-<hash>), train again",
+    )

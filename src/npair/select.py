@@ -17,7 +17,7 @@ from typing import Any
 
 from npair import selection
 from npair.errors import add_debug_option, run_cli
-from npair.run_checks import settle
+from npair.run_checks import add_run_dir_options, settle
 from npair.selection import (
     SELECTION_FILE,
     Grid,
@@ -59,14 +59,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--jobs", type=int, default=None, help="runs trained at once (default: as npair.tables)"
     )
-    parser.add_argument(
-        "--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)"
-    )
-    parser.add_argument(
-        "--rerun-stale",
-        action="store_true",
-        help="move run directories of another config aside (<dir>.stale-<hash>), train again",
-    )
+    add_run_dir_options(parser)
     return parser.parse_args(argv)
 
 

@@ -45,7 +45,7 @@ from npair import identity, locks
 from npair.configuration import CONFIG_DIR
 from npair.errors import DEBUG_ENV, add_debug_option, run_cli
 from npair.evaluation.keys import read_metric, spread_key, spread_of, within_run_spread
-from npair.run_checks import BLOCKING, RunCheck, check_dir, settle, stale_message
+from npair.run_checks import BLOCKING, RunCheck, add_run_dir_options, check_dir, settle, stale_message
 from npair.runio import CONFIG_FILE, METRICS_FILE, REEVAL_DIR, atomic_write_text, is_complete, read_metrics
 from npair.stats import mean_se
 from npair.table_notes import seeds_note, spread_notes
@@ -884,14 +884,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--seeds", default=None, help="comma-separated seeds replacing the tables' own (quick checks)"
     )
-    parser.add_argument(
-        "--outputs", default=None, help="outputs directory (default: $NPAIR_ROOT/outputs or ./outputs)"
-    )
-    parser.add_argument(
-        "--rerun-stale",
-        action="store_true",
-        help="move run directories of another config aside (<dir>.stale-<hash>), train again",
-    )
+    add_run_dir_options(parser)
     add_debug_option(parser)
     args = parser.parse_intermixed_args(argv)  # assignments may come before, between or after the options
     args.table, args.source, args.project, args.entity, args.overrides = "mini", "local", None, None, []

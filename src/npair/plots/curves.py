@@ -128,9 +128,9 @@ def label_heights(levels: dict[str, float], gap: float = 4.5, top: float = 100.0
     """
     order = sorted(levels, key=lambda lab: levels[lab])
     heights: dict[str, float] = {}
+    below = -gap
     for lab in order:  # upwards: at least ``gap`` above the label below
-        below = heights[order[order.index(lab) - 1]] if heights else -gap
-        heights[lab] = max(levels[lab], below + gap)
+        heights[lab] = below = max(levels[lab], below + gap)
     ceiling = top - gap
     for lab in reversed(order):  # downwards: under the ceiling, at least ``gap`` below the label above
         heights[lab] = min(heights[lab], ceiling)
